@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/fixtures/; each part of the platform registers its own here."""
+
+pytest_plugins = [
+    "tests.fixtures.datasets",
+]
