@@ -79,9 +79,9 @@ class Serving:
     port: int = _doc("MOVIEREC_PORT", "port the inference server listens on")
     workers: int = _doc("MOVIEREC_WORKERS", "gunicorn worker processes")
     model_dir: str = _doc("MOVIEREC_MODEL_DIR", "serve this bundle directly (overrides the pointer)")
-    pointer_file: str = _doc("MOVIEREC_POINTER", "file naming the version this slot serves (default <run>/slots/<slot>)")
+    pointer_file: str = _doc("MOVIEREC_POINTER", "file naming the version this slot serves (<run>/slots/<slot>)")
     reload_poll_s: float = _doc("MOVIEREC_RELOAD_POLL_S", "how often a worker checks its pointer for a new version")
-    fault_latency_ms: float = _doc("MOVIEREC_FAULT_LATENCY_MS", "fault injection: added latency per /recommend (drills)")
+    fault_latency_ms: float = _doc("MOVIEREC_FAULT_LATENCY_MS", "fault injection: added ms per /recommend (drills)")
     fault_error_ratio: float = _doc("MOVIEREC_FAULT_ERROR_RATIO", "fault injection: share of /recommend answered 503")
     metrics_dir: str = _doc("PROMETHEUS_MULTIPROC_DIR", "prometheus-client multiprocess directory")
 
@@ -120,7 +120,7 @@ class MySQL:
     admin_password: str = _doc("MYSQL_ADMIN_PASSWORD", "its password (secret)")
     enabled: bool = _doc("MOVIEREC_PROVENANCE", "write provenance rows (set 0 to benchmark without)")
     batch_size: int = _doc("MOVIEREC_PROVENANCE_BATCH", "rows per INSERT batch")
-    flush_interval_s: float = _doc("MOVIEREC_PROVENANCE_FLUSH_S", "longest time a row waits before its batch is written")
+    flush_interval_s: float = _doc("MOVIEREC_PROVENANCE_FLUSH_S", "longest wait of a row before its batch is written")
     connect_timeout_s: float = _doc("MOVIEREC_MYSQL_TIMEOUT_S", "connect/read/write timeout towards MySQL")
     spool_dir: str = _doc("MOVIEREC_SPOOL_DIR", "on-disk spool while MySQL is unreachable")
 
