@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.fixtures.datasets",
+    "tests.fixtures.models",
 ]

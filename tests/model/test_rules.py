@@ -1,0 +1,140 @@
+"""The rules every list obeys, whatever strategy produced it (warm CF, cold start, fallback)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.model import Recommender
+from tests.model.conftest import ADULT, COLD_USER, MINORS, N_USERS, PROFILE_ONLY_USER
+
+UNKNOWN_USER = 99_999
+
+
+def rated_by(ratings: pd.DataFrame, user: int) -> set[str]:
+    return set(ratings.loc[ratings.user_id == user, "movie_id"])
+
+
+@pytest.mark.parametrize("user", [2, 3, 30, COLD_USER, PROFILE_ONLY_USER, UNKNOWN_USER])
+def test_every_list_has_exactly_twenty_distinct_movies(model, user):
+    recs = model.recommend(user)
+    assert len(recs) == 20
+    assert len(set(recs)) == 20
+
+
+def test_never_recommends_a_movie_the_user_rated(model, catalogue):
+    ratings, _, _ = catalogue
+    for user in range(1, N_USERS + 1):
+        assert not set(model.recommend(user)) & rated_by(ratings, user), user
+
+
+def test_minors_never_get_adult_movies_on_the_cf_path(model):
+    warm_minors = [u for u in MINORS if not model.is_cold(u)]
+    assert warm_minors, "the catalogue must have warm minors for this test to mean anything"
+    for user in warm_minors:
+        assert not set(model.recommend(user, n=100)) & ADULT
+
+
+def test_unknown_and_cold_users_never_get_adult_movies(model):
+    # adult movies hold the best IMDb scores, so only the filter keeps them out of these lists
+    for user in (UNKNOWN_USER, COLD_USER if COLD_USER in MINORS else UNKNOWN_USER):
+        assert model.is_cold(user)
+        assert not set(model.recommend(user, n=100)) & ADULT
+
+
+def test_unknown_age_counts_as_a_minor(catalogue):
+    ratings, users, movies = catalogue
+    users = users.copy()
+    users.loc[users.user_id == 30, "age"] = np.nan
+    model = Recommender.train(ratings, users, movies)
+    assert not set(model.recommend(30, n=len(movies))) & ADULT
+
+
+def test_adults_can_get_adult_movies_from_cold_start(model):
+    # the profile-only adult: the 9.9 IMDb-style score lifts every adult movie into the top 20
+    assert set(model.recommend(PROFILE_ONLY_USER)) >= ADULT
+
+
+def test_fallback_fills_the_list_when_neighbours_support_few_movies(model, catalogue):
+    ratings, _, movies = catalogue
+    warm = next(u for u in range(1, N_USERS + 1) if not model.is_cold(u))
+    eligible = len(movies) - len(rated_by(ratings, warm)) - (len(ADULT) if warm in MINORS else 0)
+    recs = model.recommend(warm, n=len(movies))
+    assert len(recs) == eligible  # every eligible movie, none twice, once support runs out
+
+
+def test_cold_start_blends_imdb_rating_with_same_gender_average():
+    """A movie women love and men hate ranks high for a new woman, low for a new man."""
+    rows = []
+    for u in range(1, 41):
+        female = u <= 20
+        rows.append((u, "divisive+2000", 5 if female else 1, 1))
+        rows.append((u, "steady+2000", 3, 2))
+        rows.append((u, f"own+{u}+2000", 3, 3))
+    ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "timestamp"])
+    users = pd.DataFrame(
+        {"user_id": [100, 101], "age": [30, 30], "gender": ["F", "M"], "occupation": ["x", "x"]}
+    )
+    ids = sorted(ratings.movie_id.unique())
+    movies = pd.DataFrame({"movie_id": ids, "adult": False, "vote_average": 6.0, "vote_count": 100})
+    model = Recommender.train(ratings, users, movies)
+    woman, man = model.recommend(100, n=len(ids)), model.recommend(101, n=len(ids))
+    assert woman.index("divisive+2000") == 0
+    assert man.index("divisive+2000") > man.index("steady+2000")
+    # a stranger (no gender) gets the overall average: 3.0 for both, tie broken deterministically
+    assert model.recommend(555, n=len(ids)) == model.recommend(555, n=len(ids))
+
+
+def test_cold_start_prefers_better_imdb_rating_when_ratings_agree():
+    rows = [(u, m, 3, 1) for u in range(1, 11) for m in ("great+2000", "poor+2000")]
+    ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "timestamp"])
+    movies = pd.DataFrame(
+        {"movie_id": ["great+2000", "poor+2000"], "adult": False, "vote_average": [8.5, 4.0], "vote_count": 900}
+    )
+    model = Recommender.train(ratings, None, movies)
+    assert model.recommend(999, n=2) == ["great+2000", "poor+2000"]
+
+
+def test_cold_threshold_is_configurable(catalogue):
+    ratings, users, movies = catalogue
+    strict = Recommender.train(ratings, users, movies, cold_min_ratings=1000)
+    assert strict.is_cold(2)
+    assert strict.recommend(2) != Recommender.train(ratings, users, movies).recommend(2)
+
+
+def test_lists_are_deterministic_for_a_model_and_across_retraining(model, catalogue):
+    ratings, users, movies = catalogue
+    again = Recommender.train(ratings, users, movies)
+    for user in (2, 3, COLD_USER, UNKNOWN_USER):
+        assert model.recommend(user) == model.recommend(user) == again.recommend(user)
+
+
+def test_warm_lists_follow_the_users_taste_group(model, catalogue):
+    """Even users like even movies: their top-10 should be mostly even movies (CF works)."""
+    share = []
+    for user in range(2, N_USERS + 1, 2):
+        if model.is_cold(user):
+            continue
+        top = model.recommend(user)[:10]
+        share.append(np.mean([int(m.split("+")[2]) % 2 == 0 for m in top]))
+    assert np.mean(share) > 0.8
+
+
+def test_predictions_stay_on_the_rating_scale(model, catalogue):
+    _, _, movies = catalogue
+    for user in (1, 2, COLD_USER, UNKNOWN_USER):
+        for movie in movies.movie_id[:40]:
+            assert 1.0 <= model.predict(user, movie) <= 5.0
+    assert 1.0 <= model.predict(UNKNOWN_USER, "never+seen+1900") <= 5.0
+
+
+def test_unknown_parameters_are_refused(catalogue):
+    ratings, users, movies = catalogue
+    with pytest.raises(ValueError, match="unknown model parameters"):
+        Recommender.train(ratings, users, movies, neighbourz=3)
+
+
+def test_empty_ratings_are_refused():
+    with pytest.raises(ValueError, match="empty"):
+        Recommender.train(pd.DataFrame(columns=["user_id", "movie_id", "rating", "timestamp"]))
