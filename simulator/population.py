@@ -38,7 +38,9 @@ class Population:
     world: World
     seed: int = 0
     new_user_share: float = 0.05  # users the platform has never seen (cold start)
-    pick_sharpness: float = 2.0  # how strongly taste decides acceptance of a recommended movie
+    pick_sharpness: float = 3.0  # how strongly taste decides acceptance of a recommended movie
+    accept_at: float = 4.2  # true rating at which a looked-at movie is taken half of the time
+    examine_decay: float = 0.85  # chance to look at position p is examine_decay ** p
     _watched: dict[int, set[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,11 +67,14 @@ class Population:
         candidates = [m for m in movies if m in self._movies and m not in seen]
         chosen, recommended = None, False
         if candidates:
+            # cascade model: the user reads the list top-down, looks at each position with a
+            # decaying probability and takes a movie with a chance that grows with true taste
             true = self.world.true_ratings(np.full(len(candidates), user_id), np.array(candidates, dtype=object))
-            best = int(np.argmax(true + rng.gumbel(scale=0.3, size=len(true))))
-            accept = 1.0 / (1.0 + np.exp(-self.pick_sharpness * (true[best] - 3.6)))
-            if rng.random() < accept:
-                chosen, recommended = candidates[best], True
+            looked = rng.random(len(candidates)) < self.examine_decay ** np.arange(len(candidates))
+            accept = 1.0 / (1.0 + np.exp(-self.pick_sharpness * (true - self.accept_at)))
+            taken = np.flatnonzero(looked & (rng.random(len(candidates)) < accept))
+            if len(taken):
+                chosen, recommended = candidates[int(taken[0])], True
         if chosen is None:
             picks = self.world.sample_movies(user_id, 1, rng, exclude=seen)
             if not picks:

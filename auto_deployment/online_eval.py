@@ -1,0 +1,297 @@
+"""Online evaluation: how users actually reacted to the lists each model version served.
+
+Each `recommendation request` line is joined with the same user's later watch and rate lines:
+
+* score (the reference design's): for a movie the user watched after the list, the rank score of
+  the movie in the list (top 5 → 10, 6-10 → 8, 11-15 → 5, 16-20 → 3, absent → 0.01) times the
+  share watched (0-20 % → 1/5, 20-50 % → 3/5, 50-70 % → 4/5, 70-100 % → 5/5), plus the rank score
+  times the rating given / 5. A list scores its best such movie, or 0 when the user watched nothing
+  within the window. The version's score is the mean over its lists.
+* hit rate: share of lists from which the user watched a listed movie within the window.
+* average rating the users gave to recommended movies they watched.
+
+Which version and slot served a list is not in the log line; it is in the provenance table
+(`reccom`): a list is attributed to the row of the same user with the same movies served within a
+few seconds. Without MySQL, lists are grouped by the `<server>` field of the line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from app.logs import kv
+from app.settings import MySQL, Paths
+from auto_deployment.events import MalformedLine, RateEvent, RecommendationEvent, WatchEvent, parse_line
+
+log = logging.getLogger("online_eval")
+
+WINDOW_S = 15 * 60.0  # a watch counts for a list when it starts within this long after the list
+DEFAULT_RUNTIME_MIN = 100.0
+
+
+def rank_score(position: int | None) -> float:
+    """Reference rank score of a 0-based position in the list (None = not in the list)."""
+    if position is None or position >= 20:
+        return 0.01
+    if position < 5:
+        return 10.0
+    if position < 10:
+        return 8.0
+    if position < 15:
+        return 5.0
+    return 3.0
+
+
+def watched_score(share: float) -> float:
+    """Reference score of the share of the movie watched (0..1)."""
+    if share < 0.2:
+        return 1 / 5
+    if share < 0.5:
+        return 3 / 5
+    if share < 0.7:
+        return 4 / 5
+    return 5 / 5
+
+
+def movie_score(position: int | None, share: float, rating: int | None) -> float:
+    """(rank × watched) + (rank × rating/5); no rating adds nothing."""
+    rank = rank_score(position)
+    return rank * watched_score(share) + (rank * rating / 5 if rating else 0.0)
+
+
+@dataclass
+class Viewing:
+    """What one user did with one movie: when they started, distinct minutes, latest rating."""
+
+    start: float
+    minutes: set[int] = field(default_factory=set)
+    rating: int | None = None
+    rated_at: float = math.inf
+
+
+@dataclass
+class ListOutcome:
+    score: float
+    hit: bool
+    ratings: list[int]
+
+
+class Attributor(Protocol):
+    def attribute(self, recs: list[RecommendationEvent]) -> list[tuple[str, str]]: ...
+
+
+class ServerAttributor:
+    """Fallback: group lists by the `<server>` field of the line."""
+
+    def attribute(self, recs: list[RecommendationEvent]) -> list[tuple[str, str]]:
+        return [("unknown", r.server) for r in recs]
+
+
+class ProvenanceAttributor:
+    """Find the `reccom` row that served each list: same user, same movies, served within `slack_s`."""
+
+    def __init__(self, settings: MySQL, slack_s: float = 5.0) -> None:
+        self.settings = settings
+        self.slack_ms = int(slack_s * 1000)
+
+    def attribute(self, recs: list[RecommendationEvent]) -> list[tuple[str, str]]:
+        import pymysql
+
+        if not recs:
+            return []
+        times = [int(r.time.timestamp() * 1000) for r in recs]
+        users = sorted({r.user_id for r in recs})
+        conn = pymysql.connect(
+            host=self.settings.host, port=self.settings.port, user=self.settings.auditor_user,
+            password=self.settings.auditor_password, database=self.settings.database,
+            connect_timeout=self.settings.connect_timeout_s,
+        )
+        rows: dict[tuple[int, str], list[tuple[int, str, str]]] = defaultdict(list)
+        try:
+            with conn.cursor() as cur:
+                for start in range(0, len(users), 500):
+                    chunk = users[start : start + 500]
+                    cur.execute(
+                        "SELECT user_id, movies, served_at_ms, version_number, slot FROM reccom "
+                        f"WHERE user_id IN ({','.join(['%s'] * len(chunk))}) AND served_at_ms BETWEEN %s AND %s",
+                        [*chunk, min(times) - self.slack_ms, max(times) + self.slack_ms],
+                    )
+                    for user, movies, served, version, slot in cur.fetchall():
+                        rows[(int(user), movies)].append((int(served), str(version), str(slot)))
+        finally:
+            conn.close()
+        out = []
+        for rec, t in zip(recs, times, strict=True):
+            candidates = rows.get((rec.user_id, ",".join(rec.movies)), [])
+            best = min(candidates, key=lambda c: abs(c[0] - t), default=None)
+            if best is not None and abs(best[0] - t) <= self.slack_ms:
+                out.append((best[1], best[2]))
+            else:
+                out.append(("unattributed", rec.server))
+        return out
+
+
+def read_events(lines: Iterable[str]) -> Iterator[RecommendationEvent | WatchEvent | RateEvent]:
+    """Parsed events; malformed lines are skipped (ingestion counts them, not this report)."""
+    for line in lines:
+        try:
+            yield parse_line(line)
+        except MalformedLine:
+            continue
+
+
+def evaluate_lists(
+    events: Iterable[RecommendationEvent | WatchEvent | RateEvent],
+    runtimes: dict[str, float] | None = None,
+    window_s: float = WINDOW_S,
+) -> tuple[list[RecommendationEvent], list[ListOutcome]]:
+    """Join every served list with the same user's later viewings; one outcome per served list."""
+    recs: list[RecommendationEvent] = []
+    viewings: dict[int, dict[str, Viewing]] = defaultdict(dict)
+    for event in events:
+        ts = _ts(event.time)
+        if isinstance(event, RecommendationEvent):
+            if event.status == 200 and event.movies:
+                recs.append(event)
+        elif isinstance(event, WatchEvent):
+            v = viewings[event.user_id].setdefault(event.movie_id, Viewing(start=ts))
+            v.start = min(v.start, ts)
+            v.minutes.add(event.minute)
+        elif isinstance(event, RateEvent):
+            v = viewings[event.user_id].setdefault(event.movie_id, Viewing(start=ts))
+            if ts <= v.rated_at or v.rating is None:
+                v.rating, v.rated_at = event.rating, ts
+    runtimes = runtimes or {}
+    outcomes = []
+    for rec in recs:
+        t = _ts(rec.time)
+        positions = {m: i for i, m in enumerate(rec.movies)}
+        best, hit, rated = 0.0, False, []
+        for movie, v in viewings.get(rec.user_id, {}).items():
+            if not (t <= v.start <= t + window_s):
+                continue
+            pos = positions.get(movie)
+            runtime = runtimes.get(movie) or max(DEFAULT_RUNTIME_MIN, len(v.minutes))
+            share = min(1.0, len(v.minutes) / runtime)
+            best = max(best, movie_score(pos, share, v.rating))
+            if pos is not None:
+                hit = True
+                if v.rating is not None:
+                    rated.append(v.rating)
+        outcomes.append(ListOutcome(best, hit, rated))
+    return recs, outcomes
+
+
+def summarise(groups: list[tuple[str, str]], outcomes: list[ListOutcome]) -> dict[tuple[str, str], dict]:
+    """Per (version, slot): lists, mean score, hit rate, average rating of watched recommended movies."""
+    acc: dict[tuple[str, str], list[ListOutcome]] = defaultdict(list)
+    for group, outcome in zip(groups, outcomes, strict=True):
+        acc[group].append(outcome)
+    out = {}
+    for group, items in sorted(acc.items()):
+        ratings = [r for o in items for r in o.ratings]
+        out[group] = {
+            "lists": len(items),
+            "score": sum(o.score for o in items) / len(items),
+            "hit_rate": sum(o.hit for o in items) / len(items),
+            "avg_rating": sum(ratings) / len(ratings) if ratings else float("nan"),
+            "rated": len(ratings),
+        }
+    return out
+
+
+def report(lines: Iterable[str], attributor: Attributor, runtimes: dict[str, float] | None = None,
+           window_s: float = WINDOW_S) -> dict[tuple[str, str], dict]:
+    recs, outcomes = evaluate_lists(read_events(lines), runtimes, window_s)
+    return summarise(attributor.attribute(recs), outcomes)
+
+
+def format_table(summary: dict[tuple[str, str], dict]) -> str:
+    head = f"{'version':<12}{'slot':<14}{'lists':>8}{'score':>9}{'hit rate':>10}{'avg rating':>12}"
+    rows = [head, "-" * len(head)]
+    for (version, slot), m in summary.items():
+        rows.append(f"{version:<12}{slot:<14}{m['lists']:>8}{m['score']:>9.3f}{m['hit_rate']:>10.3f}"
+                    f"{m['avg_rating']:>12.2f}")
+    return "\n".join(rows)
+
+
+def load_runtimes(data_dir: Path) -> dict[str, float]:
+    path = Path(data_dir) / "movies.csv"
+    if not path.exists():
+        return {}
+    import pandas as pd
+
+    movies = pd.read_csv(path, usecols=["movie_id", "runtime"], dtype={"movie_id": str})
+    return {m: float(r) for m, r in zip(movies.movie_id, movies.runtime, strict=True) if r == r and r > 0}
+
+
+def _ts(when: datetime) -> float:
+    return when.timestamp()
+
+
+# ---------------------------------------------------------------------- CLI (`report online`)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", type=Path, required=True, help="event log file to evaluate")
+    parser.add_argument("--data-dir", type=Path, default=None, help="movies table for runtimes (default data/)")
+    parser.add_argument("--no-provenance", action="store_true", help="group by server field, not by version")
+    parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds after a list a watch counts")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--serve", type=int, default=None, metavar="PORT",
+                        help="keep running: expose gauges on this port for Prometheus, refreshed every --every s")
+    parser.add_argument("--every", type=float, default=30.0, help="refresh period with --serve")
+
+
+def _compute(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
+    attributor: Attributor = ServerAttributor() if args.no_provenance else ProvenanceAttributor(MySQL.from_env())
+    runtimes = load_runtimes(args.data_dir or Paths.from_env().data_dir)
+    with open(args.log, encoding="utf-8", errors="replace") as fh:
+        try:
+            return report(fh, attributor, runtimes, args.window)
+        except Exception as exc:  # MySQL unreachable: say so, fall back to the server field
+            if isinstance(attributor, ServerAttributor):
+                raise
+            log.warning("provenance unreachable; grouping by server", extra=kv(error=exc))
+    with open(args.log, encoding="utf-8", errors="replace") as fh:
+        return report(fh, ServerAttributor(), runtimes, args.window)
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.log.exists():
+        print(f"report online: no log at {args.log}", file=sys.stderr)
+        return 2
+    summary = _compute(args)
+    if args.serve is None:
+        if args.json:
+            print(json.dumps({f"{v}/{s}": m for (v, s), m in summary.items()}, indent=2))
+        else:
+            print(format_table(summary))
+        return 0
+    from prometheus_client import Gauge, start_http_server
+
+    gauges = {
+        "score": Gauge("online_eval_score", "mean reference score of served lists", ["version", "slot"]),
+        "hit_rate": Gauge("online_eval_hit_rate", "share of lists followed by a watch", ["version", "slot"]),
+        "avg_rating": Gauge("online_eval_avg_rating", "mean rating of watched recommended movies",
+                            ["version", "slot"]),
+        "lists": Gauge("online_eval_lists", "served lists evaluated", ["version", "slot"]),
+    }
+    start_http_server(args.serve, addr="127.0.0.1")
+    log.info("serving online evaluation gauges", extra=kv(port=args.serve, every_s=args.every))
+    while True:
+        for (version, slot), m in summary.items():
+            for name, gauge in gauges.items():
+                gauge.labels(version=version, slot=slot).set(m[name])
+        time.sleep(args.every)
+        summary = _compute(args)
+
