@@ -77,6 +77,7 @@ class Paths:
 class Serving:
     slot: str = _doc("MOVIEREC_SLOT", "slot this server plays: stable_1, stable_2 or canary")
     port: int = _doc("MOVIEREC_PORT", "port the inference server listens on")
+    host: str = _doc("MOVIEREC_HOST", "address the inference server binds (0.0.0.0 = every interface)")
     workers: int = _doc("MOVIEREC_WORKERS", "gunicorn worker processes")
     model_dir: str = _doc("MOVIEREC_MODEL_DIR", "serve this bundle directly (overrides the pointer)")
     pointer_file: str = _doc("MOVIEREC_POINTER", "file naming the version this slot serves (<run>/slots/<slot>)")
@@ -84,6 +85,7 @@ class Serving:
     fault_latency_ms: float = _doc("MOVIEREC_FAULT_LATENCY_MS", "fault injection: added ms per /recommend (drills)")
     fault_error_ratio: float = _doc("MOVIEREC_FAULT_ERROR_RATIO", "fault injection: share of /recommend answered 503")
     metrics_dir: str = _doc("PROMETHEUS_MULTIPROC_DIR", "prometheus-client multiprocess directory")
+    slot_ports: str = _doc("MOVIEREC_SLOT_PORTS", "ports of stable_1,stable_2,canary in the native stack")
 
     @classmethod
     def from_env(cls) -> Serving:
@@ -92,6 +94,7 @@ class Serving:
         return cls(
             slot=slot,
             port=_env_int("MOVIEREC_PORT", 5001),
+            host=_env("MOVIEREC_HOST", "0.0.0.0"),
             workers=_env_int("MOVIEREC_WORKERS", 2),
             model_dir=_env("MOVIEREC_MODEL_DIR", ""),
             pointer_file=_env("MOVIEREC_POINTER", str(paths.run_dir / "slots" / slot)),
@@ -99,7 +102,15 @@ class Serving:
             fault_latency_ms=_env_float("MOVIEREC_FAULT_LATENCY_MS", 0.0),
             fault_error_ratio=_env_float("MOVIEREC_FAULT_ERROR_RATIO", 0.0),
             metrics_dir=_env("PROMETHEUS_MULTIPROC_DIR", str(paths.run_dir / "metrics" / slot)),
+            slot_ports=_env("MOVIEREC_SLOT_PORTS", "5001,5002,5003"),
         )
+
+    def port_of(self, slot: str) -> int:
+        """Port of `slot` in the native stack (MOVIEREC_SLOT_PORTS lists stable_1, stable_2, canary)."""
+        ports = [int(p) for p in self.slot_ports.split(",")]
+        if len(ports) != 3:
+            raise ValueError(f"MOVIEREC_SLOT_PORTS={self.slot_ports!r} needs three ports")
+        return dict(zip(("stable_1", "stable_2", "canary"), ports, strict=True))[slot]
 
     @property
     def role(self) -> str:
@@ -152,6 +163,8 @@ class Monitoring:
     prometheus_port: int = _doc("PROMETHEUS_PORT", "port of the native Prometheus")
     alertmanager_port: int = _doc("ALERTMANAGER_PORT", "port of the native Alertmanager")
     nginx_port: int = _doc("NGINX_PORT", "port NGINX answers /recommend on")
+    nginx_status_port: int = _doc("NGINX_STATUS_PORT", "loopback port of NGINX's stub_status (metrics)")
+    alert_webhook_url: str = _doc("ALERT_WEBHOOK_URL", "extra Alertmanager webhook receiver; empty = none")
 
     @classmethod
     def from_env(cls) -> Monitoring:
@@ -161,6 +174,8 @@ class Monitoring:
             prometheus_port=port,
             alertmanager_port=_env_int("ALERTMANAGER_PORT", 9093),
             nginx_port=_env_int("NGINX_PORT", 8082),
+            nginx_status_port=_env_int("NGINX_STATUS_PORT", 8083),
+            alert_webhook_url=_env("ALERT_WEBHOOK_URL", ""),
         )
 
 
