@@ -38,7 +38,7 @@ REASONS = (
     "bad_time",  # first field is not an ISO-8601 time
     "bad_user",  # user id is not a non-negative integer of at most 18 digits
     "unknown_request",  # a request we do not know (other path, other verb)
-    "bad_movie",  # empty movie id, or one holding whitespace, control characters, ',', '/' or '='
+    "bad_movie",  # empty or over 300 characters, or holding whitespace, control characters, U+FFFD, ',', '/' or '='
     "bad_minute",  # minute of a watch is not a non-negative integer of at most 6 digits
     "bad_rating",  # rating is not an integer
     "rating_out_of_range",  # rating is an integer outside 1..5
@@ -112,8 +112,8 @@ _TIME_ZONED = re.compile(
 _TIMEISH = re.compile(r"[0-9][0-9T:.+Zz -]*", re.ASCII)
 _USER = re.compile(r"[0-9]{1,18}", re.ASCII)
 # Movie ids are mangled titles; anything printable without separators of the line format is accepted.
-_MOVIE = re.compile(r"[^\s,/=\x00-\x1f\x7f\ud800-\udfff]{1,300}")
-_SERVER = re.compile(r"[^\s,\x00-\x1f\x7f\ud800-\udfff]{1,300}")
+_MOVIE = re.compile(r"[^\s,/=\x00-\x1f\x7f\ud800-\udfff\ufffd]{1,300}")
+_SERVER = re.compile(r"[^\s,\x00-\x1f\x7f\ud800-\udfff\ufffd]{1,300}")
 _MINUTE = re.compile(r"[0-9]{1,6}", re.ASCII)
 _PARTIAL_MINUTE = re.compile(r"[0-9]{0,6}(?:\.(?:m(?:p)?)?)?", re.ASCII)
 _INTEGER = re.compile(r"-?[0-9]{1,9}", re.ASCII)
