@@ -128,7 +128,7 @@ def _topk_per_row(keys: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rows, order[rows, ranks]
 
 
-@dataclass
+@dataclass(eq=False)
 class World:
     """Users, movies and the hidden tastes that decide what users watch and how they rate it."""
 
