@@ -130,7 +130,7 @@ def _parse_time(text: str, line: str) -> datetime:
         if _TIME_NAIVE.fullmatch(text) is not None:
             return datetime.fromisoformat(text + "+00:00")
         if _TIME_ZONED.fullmatch(text) is not None:
-            value = datetime.fromisoformat(text)
+            value = datetime.fromisoformat(text[:-1] + "Z" if text[-1] == "z" else text)
             return value.astimezone(UTC) if value.tzinfo is not UTC else value
     except (ValueError, OverflowError) as exc:
         raise MalformedLine("bad_time", line, str(exc)) from None

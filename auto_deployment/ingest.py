@@ -8,6 +8,9 @@ The event store is a directory of CSV files, one set per ingest run ("batch")::
     rejected-<batch>.csv         reason,line
     batch-<batch>.json           manifest: counts, and the committed byte length of each file
 
+``time`` is the event's ISO-8601 UTC time (``2024-03-01T12:00:00.123456+00:00``); ``movies`` of a
+recommendation is the served list joined by ``,``; ``error`` is empty unless the request failed.
+
 Ingestion streams: a source hands over lists of raw lines, each list is parsed and appended, then
 the files are flushed and fsync'd and the manifest is atomically replaced; only then is the source
 told to ``commit()`` (a Kafka consumer commits its offsets there). Memory is one list of lines,
@@ -269,7 +272,8 @@ class _Batch:
         if kind not in self.handles:
             stem, columns = STORE_FILES[kind]
             path = self.dir / f"{stem}-{self.id}.csv"
-            handle = path.open("x", encoding="utf-8", newline="")
+            # backslashreplace: a source that decoded with surrogateescape must not crash the writer.
+            handle = path.open("x", encoding="utf-8", errors="backslashreplace", newline="")
             self._handles[path.name] = handle
             self.handles[kind] = handle
             self.writers[kind] = writer = csv.writer(handle, lineterminator="\n")

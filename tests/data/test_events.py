@@ -103,6 +103,7 @@ def test_mangled_movie_ids_are_accepted_in_every_format(movie: str) -> None:
     ("2024-03-01T12:34:56.123456999", WHEN.replace(microsecond=123456)),  # truncated, not rounded
     ("2024-03-01T12:34:56Z", WHEN),
     ("2024-03-01T12:34:56.25Z", WHEN.replace(microsecond=250000)),
+    ("2024-03-01T12:34:56z", WHEN),
     ("2024-03-01T14:34:56+02:00", WHEN),
     ("2024-03-01T07:34:56-0500", WHEN),
     ("2024-03-01 12:34:56", WHEN),

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from auto_deployment.data import RATINGS, USERS, Tables, load_tables, save_tables
-from auto_deployment.events import RateEvent, WatchEvent, format_line, parse_line
+from auto_deployment.events import RateEvent, WatchEvent, format_line
 from auto_deployment.ingest import (
     FileSource,
     LineSource,
@@ -202,6 +202,35 @@ def test_undecodable_bytes_nul_and_overlong_lines_are_rejected_without_stopping(
     with (tmp_path / "events" / f"rejected-{report.batch_id}.csv").open(newline="", encoding="utf-8") as fh:
         lines = [row["line"] for row in csv.DictReader(fh)]
     assert len(lines[1]) < 100_000  # the overlong line was cut, not held whole
+
+
+class ListSource:
+    """A LineSource over lists in memory, as a Kafka consumer decoding with surrogateescape would yield."""
+
+    name = "list"
+
+    def __init__(self, chunks: list[list[str]]) -> None:
+        self.chunks = chunks
+
+    def batches(self) -> Iterator[list[str]]:
+        yield from self.chunks
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_lone_surrogates_from_a_source_are_stored_not_fatal(tmp_path: Path) -> None:
+    bad_bytes = b"caf\xe9".decode("utf-8", "surrogateescape")
+    timeout = f"2024-03-01T12:00:00,1,recommendation request h, status 0, result: {bad_bytes} broke, 800 ms"
+    report = ingest(ListSource([[f"2024-03-01T12:00:00,1,GET /rate/{bad_bytes}=3", timeout]]), tmp_path)
+    assert report.complete
+    assert report.rejected == {"bad_movie": 1}
+    assert report.events == {"recommendation": 1}
+    recos = pd.read_csv(tmp_path / f"recommendations-{report.batch_id}.csv")
+    assert recos["error"].iloc[0] == "caf\\udce9 broke"
 
 
 def test_ingest_cli_reads_stdin_and_prints_its_report(tmp_path: Path) -> None:
@@ -426,9 +455,10 @@ sys.exit(code)
 """
 
 
-def _peak_rss_kb(log: Path, events_dir: Path) -> tuple[int, dict]:
+def _peak_rss_kb(*args: str) -> tuple[int, dict]:
+    """Peak resident set size of `python -m auto_deployment <args>` in its own process, and its report."""
     result = subprocess.run(
-        [sys.executable, "-c", _PEAK_RSS, "ingest", "--source", f"file:{log}", "--events-dir", str(events_dir)],
+        [sys.executable, "-c", _PEAK_RSS, *args],
         capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
@@ -437,7 +467,7 @@ def _peak_rss_kb(log: Path, events_dir: Path) -> tuple[int, dict]:
 
 
 @pytest.mark.slow
-def test_ingest_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
+def test_ingest_and_prepare_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
     n = 1_000_000
     rnd = random.Random(3)
     movies = [f"the+movie+number+{i}+{1950 + i % 70}" for i in range(400)]
@@ -446,21 +476,25 @@ def test_ingest_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
     with big.open("w", encoding="utf-8") as fh:
         for i in range(n):
             stamp = f"2024-03-01T{i // 360000 % 24:02d}:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i:09d}"
-            user, movie = rnd.randrange(10**6), movies[i % 400]
+            user, movie = rnd.randrange(50), movies[i % 400]  # at most 20,000 (user, movie) pairs
             line = (f"{stamp},{user},GET /rate/{movie}={1 + i % 6}" if i % 20 == 0
                     else f"{stamp},{user},GET /data/m/{movie}/{i % 120}.mpg")
             if i < 1000:
                 sample.append(line)
             fh.write(line + "\n")
-    small = write_log(tmp_path / "small.log", sample[:10])
+    small = write_log(tmp_path / "small.log", sample[:20])
+    held_kb = sum(sys.getsizeof(line) for line in sample) * (n // len(sample)) // 1024  # the lines alone, as str
+    bound_kb = 50 * 1024
+    assert held_kb > 2 * bound_kb, "the bound must be far below what holding the log would take"
 
-    baseline_kb, _ = _peak_rss_kb(small, tmp_path / "events-small")
-    peak_kb, report = _peak_rss_kb(big, tmp_path / "events-big")
-
+    small_events, big_events = tmp_path / "events-small", tmp_path / "events-big"
+    baseline_kb, _ = _peak_rss_kb("ingest", "--source", f"file:{small}", "--events-dir", str(small_events))
+    peak_kb, report = _peak_rss_kb("ingest", "--source", f"file:{big}", "--events-dir", str(big_events))
     assert report["lines"] == n
     assert sum(report["events"].values()) + sum(report["rejected"].values()) == n
-    assert parse_line(sample[1]).kind == "watch"
-    held_kb = sum(sys.getsizeof(line) for line in sample) * (n // len(sample)) // 1024  # the lines alone, as str
-    bound_kb = 40 * 1024
-    assert held_kb > 2 * bound_kb, "the bound must be far below what holding the log would take"
-    assert peak_kb - baseline_kb < bound_kb, f"peak {peak_kb} kB vs baseline {baseline_kb} kB"
+    assert peak_kb - baseline_kb < bound_kb, f"ingest peak {peak_kb} kB vs baseline {baseline_kb} kB"
+
+    baseline_kb, _ = _peak_rss_kb("prepare", "--events-dir", str(small_events), "--data-dir", str(tmp_path / "d1"))
+    peak_kb, report = _peak_rss_kb("prepare", "--events-dir", str(big_events), "--data-dir", str(tmp_path / "d2"))
+    assert 0 < report["watches"] <= 20_000
+    assert peak_kb - baseline_kb < bound_kb, f"prepare peak {peak_kb} kB vs baseline {baseline_kb} kB"
