@@ -112,7 +112,10 @@ _TIME_ZONED = re.compile(
 _TIMEISH = re.compile(r"[0-9][0-9T:.+Zz -]*", re.ASCII)
 _USER = re.compile(r"[0-9]{1,18}", re.ASCII)
 # Movie ids are mangled titles; anything printable without separators of the line format is accepted.
-_MOVIE = re.compile(r"[^\s,/=\x00-\x1f\x7f\ud800-\udfff\ufffd]{1,300}")
+_MOVIE_CHARS = r"[^\s,/=\x00-\x1f\x7f\ud800-\udfff\ufffd]{1,300}"
+_MOVIE = re.compile(_MOVIE_CHARS)
+# A served list: ids separated by ", " (the simulator's log) or "," (the API's answer), nothing else.
+_MOVIE_LIST = re.compile(f"{_MOVIE_CHARS}(?:, ?{_MOVIE_CHARS})*")
 _SERVER = re.compile(r"[^\s,\x00-\x1f\x7f\ud800-\udfff\ufffd]{1,300}")
 _MINUTE = re.compile(r"[0-9]{1,6}", re.ASCII)
 _PARTIAL_MINUTE = re.compile(r"[0-9]{0,6}(?:\.(?:m(?:p)?)?)?", re.ASCII)
@@ -204,7 +207,12 @@ def _parse_recommendation(when: datetime, user: int, rest: str, line: str) -> Re
     body = result[:last]
     status = int(status_text)
     if status == 200:
-        movies = tuple(_movie(m.strip(" "), line) for m in body.split(",")) if body else ()
+        if not body:
+            movies: tuple[str, ...] = ()
+        elif _MOVIE_LIST.fullmatch(body) is not None:
+            movies = tuple(body.replace(" ", "").split(","))  # ids hold no spaces: only separators go
+        else:
+            raise MalformedLine("bad_movie", line)
         return RecommendationEvent(when, user, server, status, movies, float(millis), None)
     return RecommendationEvent(when, user, server, status, (), float(millis), body or None)
 
