@@ -247,6 +247,8 @@ class Pipeline:
     at: str = _doc("SCHEDULE_AT", "time of day of the run when the period is in days (HH:MM)")
     dvc_remote: str = _doc("DVC_REMOTE", "DVC remote URL or path (default <run>/dvc-remote)")
     git_remote: str = _doc("GIT_REMOTE", "git remote to push version commits to; empty = no push")
+    max_unknown_share: float = _doc("PIPELINE_MAX_UNKNOWN_SHARE", "data check: max share of unknown users/movies")
+    repo_dir: Path = _doc("MOVIEREC_REPO_DIR", "git + DVC repository that versions data/ and models/ (project root)")
 
     @classmethod
     def from_env(cls) -> Pipeline:
@@ -258,6 +260,8 @@ class Pipeline:
             at=_env("SCHEDULE_AT", "03:00"),
             dvc_remote=_env("DVC_REMOTE", ""),
             git_remote=_env("GIT_REMOTE", ""),
+            max_unknown_share=_env_float("PIPELINE_MAX_UNKNOWN_SHARE", 0.01),
+            repo_dir=Path(_env("MOVIEREC_REPO_DIR", str(ROOT))),
         )
 
 
