@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.datasets",
     "tests.fixtures.models",
+    "tests.fixtures.receivers",
 ]

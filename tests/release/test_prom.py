@@ -1,0 +1,173 @@
+"""MetricsQuery against a real Prometheus (the Debian binary) scraping a real exposition endpoint.
+
+The endpoint is a prometheus-client registry with the inference server's metric names and labels,
+fed at a known rhythm, so the expected figures follow from what was fed. A closed port, an HTTP
+error and an unknown version must all come back as `NoData` with a reason, never as numbers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from auto_deployment.prom import CANARY_SELECTOR, Figures, NoData, Prometheus, QueryFailed, prom_duration
+from tests.fixtures.receivers import free_port
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian package prometheus is not installed")
+
+TICK_S = 0.05
+WINDOW_S = 4
+# per tick: (slot, version, status, latency seconds, how many)
+FEED = [
+    ("canary", "3", "200", 0.200, 9),
+    ("canary", "3", "503", 0.010, 1),
+    ("canary", "2", "200", 0.900, 1),  # the old model on the canary: must not leak into version 3's figures
+    ("stable_1", "2", "200", 0.050, 2),
+    ("stable_2", "2", "200", 0.030, 2),
+]
+
+
+class Feeder:
+    """Serves /metrics with the inference server's metric names and increments them every tick."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["slot", "version", "status"]
+        self.latency = Histogram("recommend_latency_seconds", "latency", labels, registry=self.registry)
+        self.requests = Counter("recommend_requests_total", "answers", labels, registry=self.registry)
+        self.port = free_port()
+        self.stop = threading.Event()
+        self.ticks: list[float] = []  # wall-clock time of each tick
+
+    def run(self) -> None:
+        while not self.stop.wait(TICK_S):
+            self.ticks.append(time.time())
+            for slot, version, status, seconds, n in FEED:
+                for _ in range(n):
+                    self.latency.labels(slot, version, status).observe(seconds)
+                    self.requests.labels(slot, version, status).inc()
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def prometheus_and_feeder(tmp_path_factory) -> Iterator[tuple[str, Feeder]]:
+    """A Prometheus that has scraped the feeder (1 s interval) for a few seconds, and the feeder."""
+    feeder = Feeder()
+    server, server_thread = start_http_server(feeder.port, addr="127.0.0.1", registry=feeder.registry)
+    feed = threading.Thread(target=feeder.run, daemon=True)
+    feed.start()
+    root: Path = tmp_path_factory.mktemp("prometheus")
+    config = root / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: inference\n"
+        "    honor_labels: true\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{feeder.port}']}}]\n"
+    )
+    port = free_port()
+    log = (root / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/-/ready", 30)
+        query = Prometheus(url)
+        deadline = time.monotonic() + 30
+        samples = f'count_over_time(recommend_requests_total{{slot="canary",version="3",status="200"}}[{WINDOW_S}s])'
+        while True:  # until a whole window of 1 s scrapes of the candidate's series is stored
+            try:
+                if query.scalar(samples, time.time()) >= WINDOW_S:
+                    break
+            except QueryFailed:
+                pass
+            assert time.monotonic() < deadline, (root / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield url, feeder
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        feeder.stop.set()
+        server.shutdown()
+        server_thread.join(timeout=5)
+
+
+@pytest.fixture
+def fed_prometheus(prometheus_and_feeder) -> str:
+    return prometheus_and_feeder[0]
+
+
+def test_canary_figures_follow_what_the_candidate_version_served(prometheus_and_feeder):
+    url, feeder = prometheus_and_feeder
+    figures = Prometheus(url).canary(3, window_s=WINDOW_S)
+
+    assert isinstance(figures, Figures)
+    # every successful version-3 answer took 200 ms; the old version's 900 ms answers must not count
+    assert figures.latency_ms == pytest.approx(200.0, rel=1e-6)
+    assert figures.error_ratio == pytest.approx(0.1, abs=0.03)
+    per_tick = sum(n for slot, version, *_rest, n in FEED if (slot, version) == ("canary", "3"))
+    fed = per_tick * sum(1 for t in list(feeder.ticks) if figures.at - WINDOW_S < t <= figures.at)
+    assert 0.6 * fed < figures.requests < 1.4 * fed
+    assert figures.errors == pytest.approx(figures.requests * figures.error_ratio, rel=0.2)
+    assert figures.window == f"{WINDOW_S}s"
+
+
+def test_stable_figures_cover_both_stable_replicas(fed_prometheus):
+    figures = Prometheus(fed_prometheus).stable(2, window_s=WINDOW_S)
+
+    assert isinstance(figures, Figures)
+    assert figures.latency_ms == pytest.approx(40.0, rel=1e-6)  # half at 50 ms, half at 30 ms
+    assert figures.error_ratio == 0.0  # no failed request: a zero, not a missing series
+    assert figures.errors == 0.0
+
+
+def test_version_without_series_is_no_data_with_a_reason(fed_prometheus):
+    result = Prometheus(fed_prometheus).canary(99, window_s=WINDOW_S)
+    assert isinstance(result, NoData)
+    assert "empty result" in result.reason and "99" in result.reason
+
+
+def test_closed_port_is_no_data_saying_unreachable():
+    result = Prometheus(f"http://127.0.0.1:{free_port()}", timeout_s=2).figures(CANARY_SELECTOR, 3, 30)
+    assert isinstance(result, NoData)
+    assert "unreachable" in result.reason
+
+
+def test_http_error_of_prometheus_is_no_data(fed_prometheus):
+    result = Prometheus(f"{fed_prometheus}/no-such-prefix").canary(3, window_s=WINDOW_S)
+    assert isinstance(result, NoData)
+    assert "HTTP 404" in result.reason
+
+
+def test_window_is_rounded_to_a_prometheus_duration():
+    assert prom_duration(30) == "30s"
+    assert prom_duration(29.6) == "30s"
+    assert prom_duration(90) == "90s"
+    assert prom_duration(900) == "15m"
+    assert prom_duration(12 * 3600) == "12h"
+    assert prom_duration(2 * 86400) == "2d"
+    assert prom_duration(0.2) == "1s"
