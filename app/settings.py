@@ -227,6 +227,9 @@ class Release:
     max_latency_ms: float = _doc("RELEASE_MAX_LATENCY_MS", "promote only if the canary's average latency is below")
     max_error_ratio: float = _doc("RELEASE_MAX_ERROR_RATIO", "promote only if the canary's error ratio is at most")
     min_requests: int = _doc("RELEASE_MIN_REQUESTS", "promote only if the canary served at least this many")
+    runtime: str = _doc("RELEASE_RUNTIME", "how slots are deployed: native (pointer files) or compose (+ SIGHUP)")
+    slot_urls: str = _doc("RELEASE_SLOT_URLS", "slot=URL,... of each slot's own server; empty = loopback ports")
+    deploy_timeout_s: float = _doc("RELEASE_DEPLOY_TIMEOUT_S", "longest wait for a slot to serve a new version")
 
     @classmethod
     def from_env(cls) -> Release:
@@ -235,6 +238,9 @@ class Release:
             max_latency_ms=_env_float("RELEASE_MAX_LATENCY_MS", 500.0),
             max_error_ratio=_env_float("RELEASE_MAX_ERROR_RATIO", 0.01),
             min_requests=_env_int("RELEASE_MIN_REQUESTS", 20),
+            runtime=_env("RELEASE_RUNTIME", "native"),
+            slot_urls=_env("RELEASE_SLOT_URLS", ""),
+            deploy_timeout_s=_env_float("RELEASE_DEPLOY_TIMEOUT_S", 120.0),
         )
 
 
