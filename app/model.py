@@ -9,9 +9,11 @@ Two questions, two user-based neighbourhoods, one place that applies the rules:
   shows the two agree to 1e-9.
 * ``recommend(user)`` — the top-20 — does not rank by predicted rating: that surfaces movies with
   one or two 5-star ratings (NDCG@20 0.012 on a temporal split). Instead each of the user's K
-  nearest neighbours (cosine over who rated what) lends a movie its support
-  ``sim · (1 + r - baseline)``, so a movie counts when many similar users watched it and liked it
-  more than expected.
+  nearest neighbours lends a movie its support ``w · (1 + r - baseline)``, so a movie counts when
+  many similar users watched it and liked it more than expected. Neighbours must both watch what
+  the user watches and agree on taste: ``w = cosine(who rated what) · max(0, pearson_baseline)``
+  (NDCG@20 0.200 on MovieLens-100k, against 0.189 for cosine alone, 0.179 for pearson_baseline
+  alone and 0.112 for popularity).
 * Users with too few ratings, or unknown ones, get the cold-start ranking: an IMDb-style weighted
   rating blended with the average rating that users of the same gender gave the movie.
 
@@ -48,7 +50,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "bsl_reg_u": 8.0,
     "bsl_epochs": 20,
     # top-N ranking: neighbour support
-    "rank_neighbours": 50,
+    "rank_neighbours": 100,
     "like_weight": 1.0,
     # cold start
     "cold_min_ratings": 5,
@@ -127,7 +129,10 @@ class Recommender:
             },
             verbose=False,
         )
-        algo.fit(trainset)
+        try:
+            algo.fit(trainset)
+        except ZeroDivisionError as exc:  # Surprise's pearson_baseline on ratings without any spread
+            raise ValueError("ratings have no spread around their baselines: similarities are undefined") from exc
         return cls._from_surprise(algo, trainset, users, movies, p)
 
     @classmethod
@@ -152,7 +157,8 @@ class Recommender:
 
         gm = float(trainset.global_mean)
         bu, bi = np.asarray(algo.bu, float), np.asarray(algo.bi, float)
-        nb_idx, nb_w = _cosine_neighbours(user_items, int(p["rank_neighbours"]))
+        sim = np.asarray(algo.sim, float)
+        nb_idx, nb_w = _ranking_neighbours(user_items, sim, int(p["rank_neighbours"]))
         coo = user_items.tocoo()
         like_vals = 1.0 + float(p["like_weight"]) * (coo.data - (gm + bu[coo.row] + bi[coo.col]))
         like = sparse.csr_matrix((like_vals, (coo.row, coo.col)), shape=user_items.shape)
@@ -166,7 +172,7 @@ class Recommender:
             global_mean=gm,
             bu=bu,
             bi=bi,
-            sim=np.asarray(algo.sim, float),
+            sim=sim,
             item_raters=item_raters,
             user_items=user_items,
             rank_nb_idx=nb_idx,
@@ -363,8 +369,10 @@ def _as_user(user_id: int | str) -> int:
     return int(user_id)
 
 
-def _cosine_neighbours(user_items: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k users by cosine over who rated what; computed in row blocks to bound memory."""
+def _ranking_neighbours(
+    user_items: sparse.csr_matrix, taste: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k users by cosine over who rated what × positive taste similarity, in row blocks."""
     binary = user_items.copy()
     binary.data = np.ones_like(binary.data)
     norms = np.sqrt(np.asarray(binary.sum(axis=1)).ravel())
@@ -378,6 +386,7 @@ def _cosine_neighbours(user_items: sparse.csr_matrix, k: int) -> tuple[np.ndarra
     for start in range(0, n, block):
         stop = min(n, start + block)
         co = (binary[start:stop] @ bt).toarray() / norms[start:stop, None] / norms[None, :]
+        co *= np.clip(taste[start:stop], 0.0, None)
         co[np.arange(stop - start), np.arange(start, stop)] = -1.0  # never your own neighbour
         part = np.argpartition(-co, k - 1, axis=1)[:, :k] if n > 1 else np.zeros((stop - start, 1), np.int64)
         vals = np.take_along_axis(co, part, axis=1)

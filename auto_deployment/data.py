@@ -67,7 +67,8 @@ def load_tables(data_dir: Path) -> Tables:
     for name, filename in FILES.items():
         path = Path(data_dir) / filename
         if path.exists():
-            frame = pd.read_csv(path, dtype={"movie_id": "str"}, keep_default_na=True)
+            # only an empty field is missing: a movie titled "nan" or "null" keeps its id
+            frame = pd.read_csv(path, dtype={"movie_id": "str"}, keep_default_na=False, na_values=[""])
             missing = [c for c in columns[name] if c not in frame.columns]
             if missing:
                 raise ValueError(f"{path}: missing columns {missing}")

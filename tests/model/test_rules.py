@@ -73,8 +73,14 @@ def test_cold_start_blends_imdb_rating_with_same_gender_average():
         rows.append((u, "steady+2000", 3, 2))
         rows.append((u, f"own+{u}+2000", 3, 3))
     ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "timestamp"])
+    raters = list(range(1, 41))
     users = pd.DataFrame(
-        {"user_id": [100, 101], "age": [30, 30], "gender": ["F", "M"], "occupation": ["x", "x"]}
+        {
+            "user_id": [*raters, 100, 101],
+            "age": 30,
+            "gender": ["F" if u <= 20 else "M" for u in raters] + ["F", "M"],
+            "occupation": "x",
+        }
     )
     ids = sorted(ratings.movie_id.unique())
     movies = pd.DataFrame({"movie_id": ids, "adult": False, "vote_average": 6.0, "vote_count": 100})
@@ -87,7 +93,9 @@ def test_cold_start_blends_imdb_rating_with_same_gender_average():
 
 
 def test_cold_start_prefers_better_imdb_rating_when_ratings_agree():
-    rows = [(u, m, 3, 1) for u in range(1, 11) for m in ("great+2000", "poor+2000")]
+    # both movies average 3 with the same spread: only the IMDb-style score tells them apart
+    rows = [(u, "great+2000", 2 + u % 3, 1) for u in range(1, 10)]
+    rows += [(u, "poor+2000", 2 + (u + 1) % 3, 1) for u in range(1, 10)]
     ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "timestamp"])
     movies = pd.DataFrame(
         {"movie_id": ["great+2000", "poor+2000"], "adult": False, "vote_average": [8.5, 4.0], "vote_count": 900}
@@ -138,3 +146,10 @@ def test_unknown_parameters_are_refused(catalogue):
 def test_empty_ratings_are_refused():
     with pytest.raises(ValueError, match="empty"):
         Recommender.train(pd.DataFrame(columns=["user_id", "movie_id", "rating", "timestamp"]))
+
+
+def test_ratings_without_any_spread_are_refused_with_a_reason():
+    rows = [(u, m, 3, 1) for u in range(1, 11) for m in ("a+2000", "b+2000")]
+    ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "timestamp"])
+    with pytest.raises(ValueError, match="no spread"):
+        Recommender.train(ratings)
