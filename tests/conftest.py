@@ -3,5 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.datasets",
     "tests.fixtures.models",
+    "tests.fixtures.server",
     "tests.fixtures.receivers",
+    "tests.fixtures.stack",
 ]

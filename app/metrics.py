@@ -1,0 +1,183 @@
+"""Prometheus metrics of an inference server, correct with several Gunicorn workers.
+
+Gunicorn runs N worker processes; each keeps its own counters. prometheus-client's multiprocess
+mode makes every worker write its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``
+(``Serving.metrics_dir``) and ``/metrics`` (any worker) sums the files of all workers. Rules that
+follow from it, and where they are kept:
+
+* the variable must be set before ``prometheus_client`` is first imported in the process
+  (``gunicorn.conf.py`` sets it at the top; :func:`ensure_multiproc_dir` does it for other runners);
+* the directory is wiped when the Gunicorn master starts (``on_starting``) and a dead worker's
+  live gauges are dropped (``child_exit`` → :func:`mark_worker_dead`).
+
+What the release controller and alerts query (names and labels are a contract):
+
+* ``recommend_latency_seconds{slot,version,status}`` histogram of ``/recommend`` answers, buckets
+  from 1 ms to 1 s; average latency of a slot = ``sum(rate(..._sum{slot="canary",status="200"}[W]))
+  / sum(rate(..._count{...}[W]))``;
+* ``recommend_requests_total{slot,version,status}``: error ratio = non-200 / all;
+* ``recommend_cold_start_total{slot,version}``: answers that used the cold-start ranking;
+* ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dropped``;
+* ``model_info{slot,version}`` = 1 for each version some live worker serves (``livemax``: the max
+  over *live* workers, so a worker that died or moved on to another version stops counting, and
+  there is no ``pid`` label to aggregate away; ``max`` would keep a dead worker's 1 forever,
+  ``liveall`` would give one series per worker).
+
+prometheus-flask-exporter adds ``flask_http_request_duration_seconds`` and
+``flask_http_request_total`` for every route, grouped by URL rule (never by path: one series per
+user id would explode) and labelled with the slot and the model version that answered.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from app.settings import Serving
+
+# Fine-grained where our answers live (a few ms), coarser up to the client's 800 ms limit and 1 s.
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0,
+)
+NO_VERSION = "none"
+OUTCOMES = ("written", "spooled", "dropped")
+
+
+def ensure_multiproc_dir(serving: Serving) -> bool:
+    """Point prometheus-client at the multiprocess directory if that is still possible.
+
+    Returns True when multiprocess mode is on. It can only be switched on before the first import
+    of ``prometheus_client`` in this process; under Gunicorn the config file has done it already.
+    """
+    import sys
+
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and "prometheus_client" not in sys.modules:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = serving.metrics_dir
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return False
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
+
+
+def wipe_multiproc_dir(directory: str | Path) -> int:
+    """Remove the value files of a previous run (Gunicorn ``on_starting``); returns how many."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for f in path.glob("*.db"):
+        f.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop the live gauges of a worker that exited (Gunicorn ``child_exit``)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+class ServingMetrics:
+    """Our own metrics, labelled with the slot; created once per process (module-level objects)."""
+
+    def __init__(self, slot: str) -> None:
+        self.slot = slot
+        m = _objects()
+        self._latency = m["latency"]
+        self._requests = m["requests"]
+        self._cold = m["cold"]
+        self._provenance = m["provenance"]
+        self._model_info = m["model_info"]
+
+    def observe_recommend(self, version: str, status: int, seconds: float, cold: bool = False) -> None:
+        labels = {"slot": self.slot, "version": version or NO_VERSION, "status": str(status)}
+        self._latency.labels(**labels).observe(seconds)
+        self._requests.labels(**labels).inc()
+        if cold and status == 200:
+            self._cold.labels(slot=self.slot, version=labels["version"]).inc()
+
+    def provenance_event(self, outcome: str, n: int) -> None:
+        """`on_event` callback of the provenance writer."""
+        if n > 0:
+            self._provenance.labels(slot=self.slot, outcome=outcome).inc(n)
+
+    def model_swapped(self, old_version: str | None, new_version: str) -> None:
+        if old_version is not None and old_version != new_version:
+            self._model_info.labels(slot=self.slot, version=old_version).set(0)
+        self._model_info.labels(slot=self.slot, version=new_version).set(1)
+
+    def touch(self, version: str | None) -> None:
+        """Create the zero-valued series up front so rate() and ratios work from the first scrape."""
+        v = version or NO_VERSION
+        for outcome in OUTCOMES:
+            self._provenance.labels(slot=self.slot, outcome=outcome)
+        self._cold.labels(slot=self.slot, version=v)
+
+
+_OBJECTS: dict[str, object] = {}
+
+
+def _objects() -> dict:
+    """The metric objects, created on first use (after the multiprocess directory is decided)."""
+    if not _OBJECTS:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        _OBJECTS.update(
+            latency=Histogram(
+                "recommend_latency_seconds",
+                "Time to answer GET /recommend/<user>, by slot, model version and HTTP status",
+                ["slot", "version", "status"],
+                buckets=LATENCY_BUCKETS,
+            ),
+            requests=Counter(
+                "recommend_requests_total",
+                "Answers to GET /recommend/<user>, by slot, model version and HTTP status",
+                ["slot", "version", "status"],
+            ),
+            cold=Counter(
+                "recommend_cold_start_total",
+                "Answers that used the cold-start ranking (unknown user or too few ratings)",
+                ["slot", "version"],
+            ),
+            provenance=Counter(
+                "provenance_rows_total",
+                "Provenance rows by outcome: written to MySQL, spooled to disk, dropped",
+                ["slot", "outcome"],
+            ),
+            model_info=Gauge(
+                "model_info",
+                "1 for each model version a live worker of the slot serves",
+                ["slot", "version"],
+                multiprocess_mode="livemax",
+            ),
+        )
+    return _OBJECTS
+
+
+def install_exporter(app: Flask, serving: Serving, version_of_response) -> object:
+    """prometheus-flask-exporter on `app`, with `/metrics`; multiprocess when the directory is set.
+
+    ``version_of_response(response) -> str`` labels each request with the version that answered.
+    """
+    multiproc = ensure_multiproc_dir(serving)
+    kwargs = dict(
+        group_by="url_rule",
+        buckets=LATENCY_BUCKETS,
+        default_labels={"slot": serving.slot, "version": version_of_response},
+        excluded_paths=["^/metrics$"],
+    )
+    if multiproc:
+        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+        exporter = GunicornInternalPrometheusMetrics(app, **kwargs)
+    else:
+        from prometheus_flask_exporter import PrometheusMetrics
+
+        exporter = PrometheusMetrics(app, **kwargs)
+    return exporter
