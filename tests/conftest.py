@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.server",
     "tests.fixtures.receivers",
+    "tests.fixtures.pipeline",
     "tests.fixtures.stack",
 ]
