@@ -19,11 +19,15 @@ def render(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]],
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
+        if value != value:
+            return "-"
         if value == 0:
             return "0"
         if abs(value) >= 100:
             return f"{value:.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
         if abs(value) >= 1:
-            return f"{value:.2f}"
+            return f"{value:.3f}"
         return f"{value:.4f}"
     return str(value)
