@@ -1,0 +1,290 @@
+"""The release state machine with real slots: three Gunicorn inference servers sharing one run dir.
+
+Prometheus is deliberately absent here (a closed port): these tests protect what happens when the
+figures are missing, crash recovery, the lock and the refusals. The promote and latency-abort paths,
+which need real figures, run against the whole native stack in test_release_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.settings import MySQL, Paths
+from auto_deployment import versions
+from auto_deployment.deploy import NativeDeployer
+from auto_deployment.notify import Notifier
+from auto_deployment.prom import Figures, NoData, Prometheus
+from auto_deployment.release import (
+    ABORT,
+    ANALYSE,
+    DEPLOY_CANARY,
+    DONE,
+    NOTIFY,
+    OBSERVE,
+    PROMOTE,
+    RECORD,
+    Controller,
+    Gate,
+    MySQLRecorder,
+    ReleaseLocked,
+    ReleaseRefused,
+    ReleaseState,
+    StateStore,
+    release_lock,
+)
+from tests.fixtures.receivers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOTS = ("stable_1", "stable_2", "canary")
+
+
+@dataclass
+class Platform:
+    """Three live slots, the files the controller reads and writes, and closed ports for absent services."""
+
+    run_dir: Path
+    models_dir: Path
+    version_file: Path
+    urls: dict[str, str]
+    servers: dict
+    dead_url: str
+    dead_port: int
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(data_dir=self.run_dir / "data", models_dir=self.models_dir, run_dir=self.run_dir,
+                     version_file=self.version_file, cache_dir=self.run_dir / "cache")
+
+    def serving(self) -> dict[str, int | None]:
+        deployer = NativeDeployer(self.run_dir, self.urls)
+        return {slot: deployer.serving(slot) for slot in SLOTS}
+
+    def env(self, notify_settings) -> dict[str, str]:
+        """Environment of `python -m auto_deployment release` against these slots."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "RELEASE_", "MYSQL_"))}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            MOVIEREC_RUN_DIR=str(self.run_dir),
+            MOVIEREC_MODELS_DIR=str(self.models_dir),
+            MOVIEREC_VERSION_FILE=str(self.version_file),
+            RELEASE_SLOT_URLS=",".join(f"{slot}={url}" for slot, url in self.urls.items()),
+            PROMETHEUS_URL=self.dead_url,
+            MYSQL_PORT=str(self.dead_port),
+            MOVIEREC_MYSQL_TIMEOUT_S="1",
+            SMTP_HOST=notify_settings.smtp_host,
+            SMTP_PORT=str(notify_settings.smtp_port),
+            MAIL_TO=notify_settings.mail_to,
+            SLACK_WEBHOOK_URL=notify_settings.slack_webhook,
+        )
+        return env
+
+
+@pytest.fixture(scope="module")
+def slots(start_server_module, models_root, tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("release-run")
+    return {
+        slot: start_server_module(slot=slot, models_root=models_root, version=1, run_dir=run_dir,
+                                  workers=2 if slot == "canary" else 1)
+        for slot in SLOTS
+    }
+
+
+@pytest.fixture
+def platform(slots, models_root, tmp_path) -> Platform:
+    """Every slot on version 1, version.txt = 1, no release state: the same start for each test."""
+    any_server = next(iter(slots.values()))
+    run_dir = any_server.run_dir
+    urls = {slot: server.url for slot, server in slots.items()}
+    deployer = NativeDeployer(run_dir, urls, timeout_s=60, poll_s=0.1, consecutive=3)
+    for slot in SLOTS:
+        if deployer.serving(slot) != 1 or deployer.current(slot) != 1:
+            deployer.deploy(slot, 1)
+    for leftover in (run_dir / "release").glob("*"):
+        leftover.unlink()
+    versions.slot_pointer(run_dir, "stable").unlink(missing_ok=True)
+    version_file = tmp_path / "version.txt"
+    versions.write_number(version_file, 1)
+    port = free_port()
+    return Platform(run_dir, models_root, version_file, urls, slots, f"http://127.0.0.1:{port}", port)
+
+
+def controller(platform: Platform, notify_settings, observe_s: float = 1.0, **kwargs) -> Controller:
+    deployer = NativeDeployer(platform.run_dir, platform.urls, timeout_s=30, poll_s=0.1, consecutive=3)
+    mysql = MySQL.from_env()
+    recorder = MySQLRecorder(MySQL(**{**mysql.__dict__, "port": platform.dead_port, "connect_timeout_s": 1.0}))
+    gate = Gate(observe_s=observe_s, max_latency_ms=500, max_error_ratio=0.01, min_requests=1)
+    return Controller(deployer, kwargs.pop("metrics", Prometheus(platform.dead_url, timeout_s=1)),
+                      Notifier(notify_settings), recorder, platform.paths, gate, poll_s=0.1, **kwargs)
+
+
+def _states(history: list[list[str]]) -> list[str]:
+    return [state for state, _at in history]
+
+
+def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_team(
+    platform, notify_settings, smtp_receiver, slack_receiver
+):
+    result = controller(platform, notify_settings).run(2)
+
+    assert result.outcome == "aborted"
+    assert "no data from Prometheus" in result.reason and "unreachable" in result.reason
+    assert platform.serving() == {"stable_1": 1, "stable_2": 1, "canary": 1}
+    assert versions.read_number(platform.version_file) == 1
+    state = StateStore(platform.run_dir).load()
+    assert _states(state.history) == [DEPLOY_CANARY, OBSERVE, ANALYSE, ABORT, RECORD, NOTIFY, DONE]
+    # MySQL is down: the row waits in the state file for the next release
+    [row] = state.pending_records
+    assert row["candidate_version"] == 2 and row["previous_version"] == 1 and row["outcome"] == "aborted"
+    assert "no data" in row["reason"]
+    [mail] = smtp_receiver.messages
+    assert "version 2" in mail["Subject"] and "aborted" in mail["Subject"]
+    assert "no data from Prometheus" in mail.get_content()
+    [post] = slack_receiver.posts
+    assert "aborted" in post["text"]
+    assert sorted(result.notified) == ["email", "slack"]
+
+
+def test_rows_mysql_did_not_take_are_carried_into_the_next_release(platform, notify_settings):
+    first = controller(platform, notify_settings, observe_s=0.5).run(2)
+    second = controller(platform, notify_settings, observe_s=0.5).run(2)
+
+    assert first.outcome == second.outcome == "aborted"
+    pending = StateStore(platform.run_dir).load().pending_records
+    assert [r["candidate_version"] for r in pending] == [2, 2]
+    assert [r["reason"] for r in pending] == [first.reason, second.reason]
+    assert pending[0]["started_at"] <= pending[1]["started_at"]
+
+
+def test_gate_failure_reasons_name_every_failed_criterion():
+    gate = Gate(observe_s=30, max_latency_ms=500, max_error_ratio=0.01, min_requests=20)
+    ok = Figures(latency_ms=12.0, error_ratio=0.0, requests=300, errors=0, window="30s", at=0)
+    assert gate.judge(ok)[0] is True
+    slow = Figures(latency_ms=700.0, error_ratio=0.0, requests=300, errors=0, window="30s", at=0)
+    assert gate.judge(slow) == (False, "average latency 700.0 ms >= 500 ms")
+    bad = Figures(latency_ms=500.0, error_ratio=0.2, requests=5, errors=1, window="30s", at=0)
+    passed, reason = gate.judge(bad)
+    assert not passed and "too few canary requests: 5 < 20" in reason
+    assert "error ratio 0.2000 > 0.01" in reason and "latency 500.0 ms >= 500 ms" in reason
+    assert gate.judge(NoData("Prometheus at x unreachable")) == (
+        False, "no data from Prometheus: Prometheus at x unreachable"
+    )
+
+
+def test_candidate_without_a_bundle_is_refused_before_anything_moves(platform, notify_settings):
+    with pytest.raises(ReleaseRefused, match="candidate 7 cannot be served"):
+        controller(platform, notify_settings).run(7)
+    assert platform.serving() == {"stable_1": 1, "stable_2": 1, "canary": 1}
+    assert StateStore(platform.run_dir).load() is None
+
+
+def test_releasing_the_stable_version_is_a_noop(platform, notify_settings, smtp_receiver):
+    result = controller(platform, notify_settings).run(1)
+    assert result.outcome == "noop" and result.exit_code == 0
+    assert smtp_receiver.messages == []
+
+
+def test_interrupted_promotion_is_finished_by_the_next_run(platform, notify_settings, smtp_receiver):
+    # a release that passed the gate and died after moving stable_1 only
+    deployer = NativeDeployer(platform.run_dir, platform.urls, poll_s=0.1, consecutive=3)
+    deployer.deploy("canary", 2)
+    deployer.deploy("stable_1", 2)
+    figures = {"canary": {"latency_ms": 9.0, "error_ratio": 0.0, "requests": 120.0, "errors": 0.0}}
+    crashed = ReleaseState(candidate=2, previous=1, state=PROMOTE, promoted=["stable_1"], outcome="promoted",
+                           reason="gate passed", figures=figures, history=[[PROMOTE, "earlier"]], pid=999999)
+    StateStore(platform.run_dir).save(crashed)
+
+    result = controller(platform, notify_settings).run(2)
+
+    assert result.recovered["outcome"] == "promoted"
+    assert result.outcome == "noop"  # version 2 is stable now: the new request has nothing left to do
+    assert platform.serving() == {"stable_1": 2, "stable_2": 2, "canary": 2}
+    assert versions.read_number(platform.version_file) == 2
+    assert versions.read_slot(platform.run_dir, "stable") == 2
+    assert _states(StateStore(platform.run_dir).load().history)[-4:] == [PROMOTE, RECORD, NOTIFY, DONE]
+    assert "promoted" in smtp_receiver.messages[0]["Subject"]
+
+
+def test_second_release_is_refused_while_the_lock_is_held(platform, notify_settings):
+    with release_lock(platform.run_dir, candidate=2):
+        with pytest.raises(ReleaseLocked, match="another release is running"), release_lock(platform.run_dir, 2):
+            pass
+        done = subprocess.run(
+            [sys.executable, "-m", "auto_deployment", "release", "--candidate", "2", "--observe", "1s"],
+            cwd=ROOT, env=platform.env(notify_settings), capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 3
+    assert "another release is running" in done.stderr and f"pid={os.getpid()}" in done.stderr
+    assert platform.serving()["canary"] == 1
+    with release_lock(platform.run_dir, candidate=2):  # released again when its holder is done
+        pass
+
+
+def _start_cli(platform: Platform, notify_settings, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "auto_deployment", "release", *args],
+        cwd=ROOT, env=platform.env(notify_settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_state(platform: Platform, state: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = StateStore(platform.run_dir).load()
+        if current is not None and current.state == state:
+            return
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {state} after {timeout}s (state: {current and current.state})"
+        time.sleep(0.1)
+
+
+def test_killed_release_is_detected_and_repaired_by_the_next_run(platform, notify_settings, smtp_receiver):
+    proc = _start_cli(platform, notify_settings, "--candidate", "2", "--observe", "60s")
+    _wait_state(platform, OBSERVE, proc)
+    assert platform.serving()["canary"] == 2
+    proc.send_signal(signal.SIGKILL)  # a crash: no handler runs
+    proc.communicate(timeout=10)
+
+    again = _start_cli(platform, notify_settings, "--candidate", "2", "--observe", "1s")
+    out, err = again.communicate(timeout=120)
+
+    assert again.returncode == 1, err  # the new request ran too, and Prometheus is absent: aborted
+    report = json.loads(out)
+    assert report["recovered"]["outcome"] == "failed"
+    assert "interrupted during OBSERVE" in report["recovered"]["reason"]
+    assert report["outcome"] == "aborted"
+    assert "repairing an interrupted release" in err
+    assert platform.serving() == {"stable_1": 1, "stable_2": 1, "canary": 1}
+    subjects = [m["Subject"] for m in smtp_receiver.messages]
+    assert any("FAILED" in s for s in subjects) and any("aborted" in s for s in subjects)
+    pending = StateStore(platform.run_dir).load().pending_records
+    assert [r["outcome"] for r in pending] == ["failed", "aborted"]
+
+
+def test_sigterm_during_observation_rolls_the_canary_back_at_once(platform, notify_settings):
+    proc = _start_cli(platform, notify_settings, "--candidate", "2", "--observe", "10m")
+    _wait_state(platform, OBSERVE, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, err
+    report = json.loads(out)
+    assert report["outcome"] == "failed" and "interrupted during OBSERVE" in report["reason"]
+    assert platform.serving()["canary"] == 1
+    assert StateStore(platform.run_dir).load().state == DONE
+
+
+def test_cli_refuses_an_unknown_candidate_with_exit_code_2(platform, notify_settings):
+    done = subprocess.run(
+        [sys.executable, "-m", "auto_deployment", "release", "--candidate", "42", "--observe", "1s"],
+        cwd=ROOT, env=platform.env(notify_settings), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "candidate 42 cannot be served" in done.stderr
