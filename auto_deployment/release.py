@@ -165,7 +165,8 @@ class ReleaseState:
     reason: str = ""
     finished_at: str | None = None
     promoted: list[str] = field(default_factory=list)  # stable slots already moved to the candidate
-    recorded: bool = False
+    row_made: bool = False  # this release's row exists (in MySQL or in pending_records)
+    recorded: bool = False  # this release's row is in MySQL
     notified: list[str] = field(default_factory=list)
     pending_records: list[dict[str, Any]] = field(default_factory=list)  # rows MySQL did not take yet
     history: list[list[str]] = field(default_factory=list)  # [state, time] of every transition
@@ -266,6 +267,10 @@ def release_row(state: ReleaseState) -> dict[str, Any]:
         "errors": _round(canary.get("errors")),
         "observe_s": state.gate.get("observe_s"),
     }
+
+
+def _is_row_of(row: Mapping[str, Any], state: ReleaseState) -> bool:
+    return row.get("candidate_version") == state.candidate and row.get("started_at") == state.started_at
 
 
 def _round(value: float | None) -> int | None:
@@ -533,9 +538,9 @@ class Controller:
 
     def _record(self) -> str:
         s = self.state
-        if not s.recorded:
+        if not s.row_made:
             s.pending_records.append(release_row(s))
-            s.recorded = True  # the row exists now: in MySQL below, or pending in the state file
+            s.row_made = True  # the row exists now: in MySQL below, or pending in the state file
         still: list[dict[str, Any]] = []
         for row in s.pending_records:
             try:
@@ -549,6 +554,7 @@ class Controller:
                              state_file=self.store.path),
                 )
         s.pending_records = still
+        s.recorded = not any(_is_row_of(row, s) for row in still)
         return NOTIFY
 
     def _notify(self) -> str:
@@ -570,7 +576,7 @@ class Controller:
             for key in ("latency_ms", "error_ratio", "requests", "errors", "no_data"):
                 if key in figures:
                     fields[f"{name}_{key}"] = figures[key]
-        fields["recorded_in_mysql"] = not s.pending_records
+        fields["recorded_in_mysql"] = s.recorded
         delivery = self.notifier.send(subject, body, fields)
         s.notified = list(delivery.sent)
         return DONE

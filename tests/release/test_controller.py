@@ -135,8 +135,9 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
 ):
     result = controller(platform, notify_settings).run(2)
 
-    assert result.outcome == "aborted"
+    assert result.outcome == "aborted" and result.exit_code == 1
     assert "no data from Prometheus" in result.reason and "unreachable" in result.reason
+    assert result.recorded is False
     assert platform.serving() == {"stable_1": 1, "stable_2": 1, "canary": 1}
     assert versions.read_number(platform.version_file) == 1
     state = StateStore(platform.run_dir).load()
