@@ -1,0 +1,311 @@
+"""compose.yml really runs: a Docker engine, images built here, the topology of design section 1 as containers.
+
+The module fixture `compose_stack` starts a Docker engine when none answers (``ops/docker.sh deps`` +
+``start``: root installs docker.io, docker-compose, debootstrap and iptables when missing), builds the
+Debian stand-ins for the public base images and the wheelhouse (both cached: second runs skip them),
+then runs ``docker-compose -f compose.yml -p <test project> up -d --build`` on every service that has a
+stand-in (all but grafana and cadvisor: no Debian package) with fresh passwords and free host ports.
+At the end: ``down -v`` and, when the test started the engine, the engine is stopped again.
+
+Timings (bases, wheelhouse, image build, up, total) go to reports/compose-timings.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from app.settings import ROOT
+from tests.fixtures.stack import free_ports
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+
+DOCKER_SH = ROOT / "ops" / "docker.sh"
+COMPOSE_FILE = ROOT / "compose.yml"
+SLOTS = {"stable_1": "inference_stable_1", "stable_2": "inference_stable_2", "canary": "inference_canary"}
+SECRETS = ("MYSQL_ROOT_PASSWORD", "MYSQL_APP_PASSWORD", "MYSQL_AUDITOR_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+SPLIT_REQUESTS = 1000
+READY_TIMEOUT_S = 300
+TIMINGS_FILE = ROOT / "reports" / "compose-timings.json"
+# Host settings that would send real notices or point the stack elsewhere: never passed to compose.
+_NOT_INHERITED = ("SLACK_WEBHOOK_URL", "SMTP_HOST", "SMTP_USER", "SMTP_PASSWORD", "MAIL_TO", "ALERT_WEBHOOK_URL",
+                  "COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "DOCKER_HOST", *SECRETS)
+
+
+def _compose_binary() -> str | None:
+    return shutil.which("docker-compose")
+
+
+def _run(command: list[str], env: dict[str, str], timeout: float, what: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"{what} failed (exit {done.returncode}): {' '.join(command)}\n"
+                             f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}")
+    return done
+
+
+def _engine_answers(env: dict[str, str]) -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    return subprocess.run([docker, "info"], env=env, capture_output=True, timeout=30).returncode == 0
+
+
+@dataclass
+class ComposeStack:
+    """A running compose project: its name, environment (ports, passwords) and how to reach it."""
+
+    project: str
+    env: dict[str, str]
+    env_file: Path
+    ports: dict[str, int]
+    services: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def compose(self, *args: str, timeout: float = 600, what: str = "docker-compose") -> subprocess.CompletedProcess:
+        command = ["bash", str(DOCKER_SH), "compose", "-p", self.project, "--env-file", str(self.env_file), *args]
+        return _run(command, self.env, timeout, what)
+
+    def sql(self, query: str) -> list[list[str]]:
+        """Rows of `query` in the provenance database, asked inside the mysql container as root."""
+        done = self.compose("exec", "-T", "mysql", "sh", "-c",
+                            'mysql -uroot -p"$MYSQL_ROOT_PASSWORD" -N -B "$MYSQL_DATABASE" -e "$0"', query,
+                            timeout=60, what="SQL in the mysql container")
+        return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+def _stack_env(project: str, ports: dict[str, int]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    env.update({name: secrets.token_hex(16) for name in SECRETS})
+    env.update(
+        COMPOSE_PROJECT_NAME=project,
+        BIND_ADDRESS="127.0.0.1",
+        NGINX_PORT=str(ports["nginx"]),
+        PROMETHEUS_PORT=str(ports["prometheus"]),
+        ALERTMANAGER_PORT=str(ports["alertmanager"]),
+        GRAFANA_PORT=str(ports["grafana"]),
+        MYSQL_PORT=str(ports["mysql"]),
+        SLOT_PORT_STABLE_1=str(ports["stable_1"]),
+        SLOT_PORT_STABLE_2=str(ports["stable_2"]),
+        SLOT_PORT_CANARY=str(ports["canary"]),
+        IMAGE_TAG="e2e",
+    )
+    return env
+
+
+def _wait_recommend(stack: ComposeStack, deadline: float) -> requests.Response:
+    """Poll NGINX until /recommend/1 answers 200 with 20 ids; fail with the containers' state and logs."""
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(f"{stack.url('nginx')}/recommend/1", timeout=2)
+            if response.status_code == 200 and len(response.text.strip().split(",")) == 20:
+                return response
+            last = f"{response.status_code} {response.text[:200]!r}"
+        except requests.RequestException as exc:
+            last = repr(exc)
+        time.sleep(1)
+    ps = stack.compose("ps", timeout=60).stdout
+    logs = stack.compose("logs", "--tail=30", timeout=120).stdout
+    raise AssertionError(f"NGINX never answered /recommend/1 with 20 ids (last: {last})\n{ps}\n{logs[-8000:]}")
+
+
+@pytest.fixture(scope="module")
+def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    if not COMPOSE_FILE.is_file() or not DOCKER_SH.is_file():
+        pytest.fail("compose.yml or ops/docker.sh is missing")
+    started_total = time.monotonic()
+    base_env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    started_engine = False
+    if not _engine_answers(base_env):
+        if os.geteuid() != 0:
+            pytest.skip("no Docker engine answers and starting one (ops/docker.sh start) needs root")
+        _run(["bash", str(DOCKER_SH), "deps"], base_env, 900, "installing Docker's Debian packages")
+        _run(["bash", str(DOCKER_SH), "start"], base_env, 120, "starting the Docker engine")
+        started_engine = True
+    timings: dict[str, float] = {}
+    project = f"movierec-e2e-{os.getpid()}"
+    names = ("nginx", "prometheus", "alertmanager", "grafana", "mysql", *SLOTS)
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    env = _stack_env(project, ports)
+    # Everything comes from `env`: an empty env file keeps a developer's .env out of the test project.
+    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    env_file.write_text("")
+    stack = None
+    try:
+        t = time.monotonic()
+        _run(["bash", str(DOCKER_SH), "bases"], env, 1800, "building the base image stand-ins")
+        timings["bases_s"] = time.monotonic() - t
+        t = time.monotonic()
+        _run(["bash", str(DOCKER_SH), "wheelhouse"], env, 1800, "building the wheelhouse")
+        timings["wheelhouse_s"] = time.monotonic() - t
+        services = _run(["bash", str(DOCKER_SH), "services"], env, 60, "listing services").stdout.split()
+        stack = ComposeStack(project, env, env_file, ports, services, timings)
+        t = time.monotonic()
+        # One image at a time (compose builds sequentially); the two images are shared by several services.
+        stack.compose("build", "model-init", "inference_stable_1", timeout=1800, what="building the images")
+        timings["image_build_s"] = time.monotonic() - t
+        t = time.monotonic()
+        stack.compose("up", "-d", "--build", *services, timeout=900, what="compose up")
+        _wait_recommend(stack, time.monotonic() + READY_TIMEOUT_S)
+        timings["up_until_recommend_s"] = time.monotonic() - t
+        yield stack
+    finally:
+        if stack is not None:
+            t = time.monotonic()
+            down = subprocess.run(["bash", str(DOCKER_SH), "compose", "-p", project, "--env-file", str(env_file),
+                                   "down", "-v", "--remove-orphans"],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            timings["down_s"] = time.monotonic() - t
+        if started_engine:
+            subprocess.run(["bash", str(DOCKER_SH), "stop"], cwd=ROOT, env=base_env, capture_output=True,
+                           text=True, timeout=180)
+        timings["total_s"] = time.monotonic() - started_total
+        TIMINGS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        TIMINGS_FILE.write_text(json.dumps({k: round(v, 1) for k, v in timings.items()} |
+                                           {"engine_started_by_test": started_engine}, indent=2) + "\n")
+        if stack is not None:
+            assert down.returncode == 0, f"compose down failed:\n{down.stdout}\n{down.stderr}"
+
+
+# ---------------------------------------------------------------------- the running stack
+
+
+def test_nginx_answers_recommend_with_20_ids_and_the_serving_headers(compose_stack: ComposeStack):
+    response = requests.get(f"{compose_stack.url('nginx')}/recommend/1", timeout=5)
+    assert response.status_code == 200
+    ids = response.text.strip().split(",")
+    assert len(ids) == 20 and len(set(ids)) == 20 and all(ids)
+    assert response.headers["X-Model-Version"] == "1"
+    assert response.headers["X-Slot"] in {"stable", "canary"}
+    assert response.headers["X-Request-Id"]
+
+
+def test_nginx_splits_traffic_80_20_and_every_request_succeeds(compose_stack: ComposeStack):
+    statuses: collections.Counter[int] = collections.Counter()
+    slots: collections.Counter[str] = collections.Counter()
+    with requests.Session() as session:
+        for i in range(SPLIT_REQUESTS):
+            response = session.get(f"{compose_stack.url('nginx')}/recommend/{i % 2000}", timeout=5)
+            statuses[response.status_code] += 1
+            slots[response.headers.get("X-Slot", "?")] += 1
+    assert statuses == {200: SPLIT_REQUESTS}
+    assert set(slots) == {"stable", "canary"}
+    assert abs(slots["canary"] / SPLIT_REQUESTS - 0.20) <= 0.05, slots
+
+
+def test_each_slot_container_serves_its_own_slot_on_its_published_port(compose_stack: ComposeStack):
+    for slot in SLOTS:
+        version = requests.get(f"{compose_stack.url(slot)}/version", timeout=5).json()
+        assert (version["slot"], str(version["version"])) == (slot, "1")
+        assert version["role"] == ("canary" if slot == "canary" else "stable")
+
+
+def test_prometheus_scrapes_the_three_slots_up(compose_stack: ComposeStack):
+    deadline = time.monotonic() + 60
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        body = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query",
+                            params={"query": 'up{job="inference"} == 1'}, timeout=5).json()
+        seen = {r["metric"].get("slot", "") for r in body["data"]["result"]}
+        if seen >= set(SLOTS):
+            break
+        time.sleep(2)
+    assert seen == set(SLOTS)
+
+
+def test_prometheus_sees_recommend_traffic_of_the_slots(compose_stack: ComposeStack):
+    for i in range(50):
+        requests.get(f"{compose_stack.url('nginx')}/recommend/{i}", timeout=5)
+    deadline = time.monotonic() + 60
+    roles: set[str] = set()
+    while time.monotonic() < deadline:
+        body = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query",
+                            params={"query": "sum by (role) (recommend_requests_total) > 0"}, timeout=5).json()
+        roles = {r["metric"].get("role", "") for r in body["data"]["result"]}
+        if roles >= {"stable", "canary"}:
+            break
+        time.sleep(2)
+    assert roles == {"stable", "canary"}
+
+
+def test_alertmanager_runs_with_the_config_rendered_by_config_init(compose_stack: ComposeStack):
+    assert requests.get(f"{compose_stack.url('alertmanager')}/-/ready", timeout=5).status_code == 200
+    status = requests.get(f"{compose_stack.url('alertmanager')}/api/v2/status", timeout=5).json()
+    receivers = {r["name"] for r in yaml.safe_load(status["config"]["original"])["receivers"]}
+    assert {"slack", "email"} <= receivers
+
+
+def test_schema_job_created_the_provenance_tables_and_the_app_account(compose_stack: ComposeStack):
+    tables = {row[0] for row in compose_stack.sql("SHOW TABLES")}
+    assert {"tracking", "reccom", "releases"} <= tables
+    users = {row[0] for row in compose_stack.sql("SELECT User FROM mysql.user")}
+    assert compose_stack.env.get("MYSQL_APP_USER", "movierec_app") in users
+
+
+def test_served_requests_reach_the_reccom_table(compose_stack: ComposeStack):
+    rid = requests.get(f"{compose_stack.url('nginx')}/recommend/7", timeout=5).headers["X-Request-Id"]
+    deadline = time.monotonic() + 30
+    rows: list[list[str]] = []
+    while time.monotonic() < deadline and not rows:
+        rows = compose_stack.sql(f"SELECT user_id, version_number FROM reccom WHERE request_id = '{rid}'")
+        time.sleep(1)
+    assert rows == [["7", "1"]]
+
+
+def test_init_jobs_finished_and_a_second_up_changes_nothing(compose_stack: ComposeStack):
+    before = requests.get(f"{compose_stack.url('nginx')}/recommend/3", timeout=5).text
+    compose_stack.compose("up", "-d", *compose_stack.services, timeout=600, what="second compose up")
+    response = _wait_recommend(compose_stack, time.monotonic() + 120)
+    assert response.headers["X-Model-Version"] == "1"
+    assert requests.get(f"{compose_stack.url('nginx')}/recommend/3", timeout=5).text == before
+
+
+# ---------------------------------------------------------------------- the file itself (no engine needed)
+
+
+@pytest.mark.skipif(_compose_binary() is None, reason="docker-compose is not installed")
+def test_compose_refuses_to_run_without_the_secrets(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    done = subprocess.run([_compose_binary(), "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path),
+                           "config", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "PASSWORD" in done.stderr
+
+
+@pytest.mark.skipif(_compose_binary() is None, reason="docker-compose is not installed")
+def test_compose_defaults_are_the_public_images_and_stand_ins_cover_all_but_grafana_and_cadvisor(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED and not k.endswith("_IMAGE")}
+    env.update({name: "x" for name in SECRETS})
+    done = subprocess.run([_compose_binary(), "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path),
+                           "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    images = {name: s["build"]["args"]["PYTHON_IMAGE"] if "build" in s else s["image"]
+              for name, s in services.items()}
+    assert images["mysql"].startswith("mysql:")
+    assert images["inference_canary"] == "python:3.11-slim"
+    assert images["nginx"].startswith("nginx:")
+    assert images["prometheus"].startswith("prom/prometheus")
+    stand_ins = subprocess.run(["bash", str(DOCKER_SH), "env"], capture_output=True, text=True, timeout=30)
+    variables = {line.split("=", 1)[0] for line in stand_ins.stdout.splitlines()}
+    raw = COMPOSE_FILE.read_text()
+    used = {v for v in variables if "${" + v + ":-" in raw}
+    assert used == variables  # every stand-in replaces an image variable of compose.yml
+    for name in ("GRAFANA_IMAGE", "CADVISOR_IMAGE"):
+        assert name in raw and name not in variables
