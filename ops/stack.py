@@ -403,8 +403,7 @@ def start_mariadb(stack: Stack) -> None:
                              capture_output=True, text=True, timeout=30)
     if running.returncode != 0:  # ask first: `start` on a running server waits on a lock the server holds
         _run(["bash", str(MARIADB_SCRIPT), "start"], stack, "starting MariaDB", timeout=120)
-    if (ROOT / "auto_deployment" / "schema.py").is_file():  # DEV-SHIM: remove when schema lands
-        _run([sys.executable, "-m", "auto_deployment.schema", "apply"], stack, "applying the provenance schema")
+    _run([sys.executable, "-m", "auto_deployment.schema", "apply"], stack, "applying the provenance schema")
 
 
 def versions(models_dir: Path) -> list[int]:
@@ -423,8 +422,8 @@ def ensure_model(stack: Stack) -> int:
             write_default_data(stack.data_dir)
         _run(
             [sys.executable, "-m", "auto_deployment", "train", "--data-dir", str(stack.data_dir),
-             "--out", str(stack.models_dir / "1"), "--version", "1"],
-            stack, "training model 1 on the default data", timeout=1800,
+             "--out", str(stack.models_dir / "1"), "--version", "1", "--evaluate"],
+            stack, "training model 1 on the default data (with its offline evaluation)", timeout=1800,
         )
     if not stack.version_file.is_file() and (stack.models_dir / "1").is_dir():
         _write_if_changed(stack.version_file, "1\n")
@@ -436,6 +435,36 @@ def ensure_model(stack: Stack) -> int:
         missing = stack.models_dir / str(stable)
         raise StackError(f"{stack.version_file} names version {stable}, but {missing} is missing")
     return stable
+
+
+def record_tracking(stack: Stack, version: int) -> bool:
+    """Give the served version its `tracking` row if it has none (model 1 made by `up` on a fresh checkout).
+
+    Versions made by the pipeline have theirs already (auto_deployment.version); an existing row is never
+    touched. Without a row an auditor could not say what data and RMSE the first model had.
+    """
+    with _environment(stack.env):
+        from auto_deployment import schema
+        from auto_deployment.version import bundle_checksum
+
+        settings = MySQL.from_env()
+    bundle = stack.models_dir / str(version)
+    try:
+        conn = schema.connect(settings, "admin")
+    except schema.DatabaseUnreachable as exc:
+        raise StackError(str(exc)) from exc
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM tracking WHERE version_number = %s", (version,))
+            if cur.fetchone()[0]:
+                return False
+        metadata = json.loads((bundle / "metadata.json").read_text())
+        metadata["version"] = version
+        schema.record_tracking(conn, schema.tracking_row(metadata, model_checksum=bundle_checksum(bundle)))
+    finally:
+        conn.close()
+    log.info("tracking row recorded", extra=kv(version=version, bundle=bundle))
+    return True
 
 
 def point_slots(stack: Stack, version: int, overwrite: bool) -> list[str]:
@@ -663,6 +692,7 @@ def up(stack: Stack, timeout: float = 180.0) -> int:
     check_configs(stack)
     start_mariadb(stack)
     stable = ensure_model(stack)
+    record_tracking(stack, stable)
     pid = supervisord_pid(stack)
     if pid is None:
         if busy := busy_ports(stack):

@@ -21,7 +21,8 @@ import requests
 from ops.stack import SLOTS, process_info, prometheus_slots_up, supervisord_pid
 from tests.fixtures.stack import NativeStack, alive, start_native_stack
 
-pytestmark = pytest.mark.services
+# The session stack takes 15-35 s to come up (MariaDB, default data, model 1 with its evaluation): all slow.
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 SPLIT_REQUESTS = 2000
 
@@ -56,6 +57,27 @@ def test_up_wrote_default_data_trained_model_1_and_points_every_slot_at_it(nativ
     for slot in SLOTS:
         assert stack.pointer(slot).read_text().strip() == "1"
         assert _get(f"{stack.slot_url(slot)}/recommend/1").headers["X-Model-Version"] == "1"
+    # ... and gave it its tracking row, so an auditor can tell what data and RMSE it had.
+    (row,) = _query(native_stack, "SELECT version_number, data_checksum, model_rmse FROM tracking")
+    assert row[0] == 1 and row[1] == metadata["data_checksum"]
+    assert row[2] == pytest.approx(metadata["metrics"]["rmse"])
+
+
+def _query(native_stack: NativeStack, sql: str) -> list[tuple]:
+    """Run `sql` on the stack's provenance database as the read-only auditor."""
+    from app.settings import MySQL
+    from auto_deployment import schema
+    from ops.stack import _environment
+
+    with _environment(native_stack.env):
+        settings = MySQL.from_env()
+    conn = schema.connect(settings, "auditor")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
 
 
 def test_prometheus_loaded_the_alert_rules_and_knows_alertmanager(native_stack: NativeStack):
@@ -93,6 +115,24 @@ def test_nginx_splits_80_20_between_stable_and_canary_without_a_failure(native_s
     assert failed == 0
     assert set(slots) == {"stable", "canary"}
     assert slots["canary"] / SPLIT_REQUESTS == pytest.approx(0.20, abs=0.03)
+
+
+def test_requests_through_nginx_are_recorded_in_provenance_by_the_slot_that_served_them(native_stack: NativeStack):
+    stack = native_stack.stack
+    served = {}
+    session = requests.Session()
+    for user in range(900_001, 900_021):
+        response = _get(f"{stack.nginx_url}/recommend/{user}", session)
+        served[response.headers["X-Request-Id"]] = response.headers["X-Slot"]
+    ids = ", ".join(f"'{rid}'" for rid in served)
+    deadline = time.monotonic() + 15
+    rows: list[tuple] = []
+    while time.monotonic() < deadline and len(rows) < len(served):
+        rows = _query(native_stack, f"SELECT request_id, slot, version_number FROM reccom WHERE request_id IN ({ids})")
+        time.sleep(0.3)
+    assert len(rows) == len(served)
+    for request_id, slot, version in rows:
+        assert (slot.split("_")[0], version) == (served[request_id], 1)
 
 
 def test_metrics_and_internal_routes_are_not_reachable_through_nginx(native_stack: NativeStack):
