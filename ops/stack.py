@@ -380,6 +380,7 @@ def check_commands(stack: Stack) -> dict[str, list[str]]:
 
 
 def check_configs(stack: Stack) -> None:
+    """Refuse to start anything on a config its program would reject (the message quotes the tool)."""
     for name, command in check_commands(stack).items():
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
@@ -398,7 +399,7 @@ def _run(command: list[str], stack: Stack, what: str, timeout: float = 600) -> s
 
 
 def start_mariadb(stack: Stack) -> None:
-    """Private MariaDB under the run directory (ops/mariadb.sh is idempotent), then the schema and accounts."""
+    """Private MariaDB under the run directory (started unless its status says it runs), then schema and accounts."""
     running = subprocess.run(["bash", str(MARIADB_SCRIPT), "status"], cwd=ROOT, env=stack.env,
                              capture_output=True, text=True, timeout=30)
     if running.returncode != 0:  # ask first: `start` on a running server waits on a lock the server holds
@@ -763,7 +764,7 @@ def status(stack: Stack) -> int:
         return 3
     print(f"supervisord pid {pid}  ({stack.supervisor_conf})")
     for name, info in process_info(stack).items():
-        print(f"  {name:<13} {info['statename']:<9} pid {info['pid']:<7} {info['description']}")
+        print(f"  {name:<13} {info['statename']:<9} {info['description']}")
     if MARIADB_SCRIPT.is_file():
         done = subprocess.run(["bash", str(MARIADB_SCRIPT), "status"], cwd=ROOT, env=stack.env,
                               capture_output=True, text=True, timeout=30)
