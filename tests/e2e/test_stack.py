@@ -7,19 +7,21 @@ read-mostly tests; the test of `down` starts a second stack of its own next to i
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 import requests
 
-from ops.stack import SLOTS, process_info, prometheus_slots_up, supervisord_pid
-from tests.fixtures.stack import NativeStack, alive, start_native_stack
+from ops.stack import SLOTS, Stack, process_info, prometheus_slots_up, supervisord_pid, write_configs
+from tests.fixtures.stack import NativeStack, alive, stack_environ, start_native_stack
 
 # The session stack takes 15-35 s to come up (MariaDB, default data, model 1 with its evaluation): all slow.
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -223,3 +225,43 @@ def test_down_stops_every_process_it_started_and_nothing_else(native_stack: Nati
     # And down again is harmless.
     again = second.ops("down")
     assert again.returncode == 0 and "not running" in again.stdout
+
+
+def test_alertmanager_delivers_an_alert_to_slack_and_email(tmp_path, notify_settings, slack_receiver, smtp_receiver):
+    # The rendered config of the native stack, with the notify settings pointing at real local receivers.
+    stack = dataclasses.replace(Stack.from_env(stack_environ(tmp_path)), notify=notify_settings)
+    write_configs(stack)
+    command = [
+        "prometheus-alertmanager", f"--config.file={stack.config_path('alertmanager')}",
+        f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{stack.alertmanager_port}",
+        "--cluster.listen-address=",
+    ]
+    with (tmp_path / "alertmanager.log").open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not _ready(f"{stack.alertmanager_url}/-/ready") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alert = {"labels": {"alertname": "InferenceServerDown", "slot": "canary", "severity": "critical"},
+                 "annotations": {"summary": "inference server canary is down"}}
+        assert requests.post(f"{stack.alertmanager_url}/api/v2/alerts", json=[alert], timeout=5).status_code == 200
+        deadline = time.monotonic() + 40  # group_wait is 10 s
+        while (not slack_receiver.posts or not smtp_receiver.messages) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert slack_receiver.posts, (tmp_path / "alertmanager.log").read_text()
+    attachment = slack_receiver.posts[0]["attachments"][0]
+    assert attachment["title"] == "[FIRING] InferenceServerDown"
+    assert "inference server canary is down" in attachment["text"]
+    assert smtp_receiver.messages, (tmp_path / "alertmanager.log").read_text()
+    assert "InferenceServerDown" in smtp_receiver.messages[0]["Subject"]
+    assert {"team@example.org", "oncall@example.org"} <= set(smtp_receiver.envelopes[0][1])
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
