@@ -147,7 +147,7 @@ class Gate:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -252,21 +252,22 @@ class MySQLRecorder:
 
 
 def release_row(state: ReleaseState) -> dict[str, Any]:
-    """The `releases` row of a finished release: versions, times, outcome, the canary's figures."""
-    canary = state.figures.get("canary") or {}
-    return {
+    """The `releases` row (auto_deployment.schema.RELEASE_COLUMNS) of a finished release."""
+    row: dict[str, Any] = {
         "candidate_version": state.candidate,
         "previous_version": state.previous,
         "started_at": state.started_at,
-        "finished_at": state.finished_at or _now_iso(),
+        "ended_at": state.finished_at or _now_iso(),
         "outcome": state.outcome,
         "reason": state.reason,
-        "latency_ms": canary.get("latency_ms"),
-        "error_ratio": canary.get("error_ratio"),
-        "requests": _round(canary.get("requests")),
-        "errors": _round(canary.get("errors")),
-        "observe_s": state.gate.get("observe_s"),
     }
+    for side in ("canary", "stable"):
+        figures = state.figures.get(side) or {}
+        row[f"{side}_latency_ms"] = figures.get("latency_ms")
+        row[f"{side}_requests"] = _round(figures.get("requests"))
+        row[f"{side}_errors"] = _round(figures.get("errors"))
+        row[f"{side}_error_ratio"] = figures.get("error_ratio")
+    return row
 
 
 def _is_row_of(row: Mapping[str, Any], state: ReleaseState) -> bool:

@@ -41,6 +41,7 @@ from auto_deployment.release import (
     StateStore,
     release_lock,
 )
+from auto_deployment.schema import RELEASE_COLUMNS
 from tests.fixtures.receivers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +147,7 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
     [row] = state.pending_records
     assert row["candidate_version"] == 2 and row["previous_version"] == 1 and row["outcome"] == "aborted"
     assert "no data" in row["reason"]
+    assert set(row) <= set(RELEASE_COLUMNS)  # the provenance schema takes it as it is
     [mail] = smtp_receiver.messages
     assert "version 2" in mail["Subject"] and "aborted" in mail["Subject"]
     assert "no data from Prometheus" in mail.get_content()
