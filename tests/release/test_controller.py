@@ -7,6 +7,7 @@ which need real figures, run against the whole native stack in test_release_e2e.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import MySQL, Paths
-from auto_deployment import versions
+from auto_deployment import schema, versions
 from auto_deployment.deploy import NativeDeployer
 from auto_deployment.notify import Notifier
 from auto_deployment.prom import Figures, NoData, Prometheus
@@ -118,10 +119,13 @@ def platform(slots, models_root, tmp_path) -> Platform:
     return Platform(run_dir, models_root, version_file, urls, slots, f"http://127.0.0.1:{port}", port)
 
 
-def controller(platform: Platform, notify_settings, observe_s: float = 1.0, **kwargs) -> Controller:
+def controller(platform: Platform, notify_settings, observe_s: float = 1.0, mysql: MySQL | None = None,
+               **kwargs) -> Controller:
+    """Real collaborators; Prometheus and (unless `mysql` is given) MySQL on closed ports."""
     deployer = NativeDeployer(platform.run_dir, platform.urls, timeout_s=30, poll_s=0.1, consecutive=3)
-    mysql = MySQL.from_env()
-    recorder = MySQLRecorder(MySQL(**{**mysql.__dict__, "port": platform.dead_port, "connect_timeout_s": 1.0}))
+    if mysql is None:
+        mysql = dataclasses.replace(MySQL.from_env(), port=platform.dead_port, connect_timeout_s=1.0)
+    recorder = MySQLRecorder(mysql)
     gate = Gate(observe_s=observe_s, max_latency_ms=500, max_error_ratio=0.01, min_requests=1)
     return Controller(deployer, kwargs.pop("metrics", Prometheus(platform.dead_url, timeout_s=1)),
                       Notifier(notify_settings), recorder, platform.paths, gate, poll_s=0.1, **kwargs)
@@ -156,15 +160,37 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
     assert sorted(result.notified) == ["email", "slack"]
 
 
-def test_rows_mysql_did_not_take_are_carried_into_the_next_release(platform, notify_settings):
-    first = controller(platform, notify_settings, observe_s=0.5).run(2)
-    second = controller(platform, notify_settings, observe_s=0.5).run(2)
+def _release_rows(settings: MySQL) -> list[dict]:
+    conn = schema.connect(settings, "admin")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM releases ORDER BY id")
+            columns = [d[0] for d in cur.description]
+            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        conn.close()
 
-    assert first.outcome == second.outcome == "aborted"
-    pending = StateStore(platform.run_dir).load().pending_records
-    assert [r["candidate_version"] for r in pending] == [2, 2]
-    assert [r["reason"] for r in pending] == [first.reason, second.reason]
-    assert pending[0]["started_at"] <= pending[1]["started_at"]
+
+def test_rows_kept_while_mysql_is_down_are_written_by_the_next_release(
+    platform, notify_settings, mariadb, mysql_settings
+):
+    mariadb.stop()
+    try:
+        first = controller(platform, notify_settings, observe_s=0.5, mysql=mysql_settings).run(2)
+    finally:
+        mariadb.start()
+    assert first.outcome == "aborted" and first.recorded is False
+    assert len(StateStore(platform.run_dir).load().pending_records) == 1
+
+    second = controller(platform, notify_settings, observe_s=0.5, mysql=mysql_settings).run(2)
+
+    assert second.recorded is True
+    assert StateStore(platform.run_dir).load().pending_records == []
+    rows = _release_rows(mysql_settings)
+    assert [(r["candidate_version"], r["previous_version"], r["outcome"]) for r in rows] == [(2, 1, "aborted")] * 2
+    assert [r["reason"] for r in rows] == [first.reason, second.reason]
+    assert rows[0]["started_at"] <= rows[0]["ended_at"] <= rows[1]["started_at"]
+    assert rows[0]["canary_latency_ms"] is None  # no figures: Prometheus was absent
 
 
 def test_gate_failure_reasons_name_every_failed_criterion():
