@@ -3,9 +3,14 @@
 Deploying is writing the slot's pointer file (``<run>/slots/<slot>``, atomically): every worker of
 the slot's inference server polls it and swaps the model in without dropping a request
 (``app/slot.py``). The deployer then asks the slot's *own* URL (never NGINX, which would answer
-from any slot) for ``/version`` until it names the new version on several consecutive polls: each
-poll is a fresh connection, so it may land on any worker, and a run of matching answers is how we
-know that the workers, not just one, have moved.
+from any slot) until the slot really serves the new version:
+
+- ``/version`` names it on several consecutive polls (each a fresh connection, so any worker may
+  answer), and
+- ``/metrics`` shows ``model_info{version=...} 1`` for that version only. The gauge is the max over
+  the *live* workers, so a worker still on the old version keeps the old version at 1: this is what
+  proves that every worker moved (the kernel may hand many consecutive connections to the same idle
+  worker, so polls alone cannot). A server without the gauge is judged by the polls alone.
 
 `NativeDeployer` (one process per slot on this machine) and `ComposeDeployer` (containers sharing
 the pointer directory as a volume, optionally nudged with ``docker-compose kill -s HUP``) differ only
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import time
 import urllib.error
@@ -29,6 +35,9 @@ from app.settings import Paths, Release, Serving
 from auto_deployment import versions
 
 log = logging.getLogger("auto_deployment.deploy")
+
+_MODEL_INFO = re.compile(r"^model_info\{([^}]*)\}\s+(\S+)", re.MULTILINE)
+_VERSION_LABEL = re.compile(r'(?:^|,)version="([^"]*)"')
 
 
 class DeployError(RuntimeError):
@@ -108,18 +117,40 @@ class NativeDeployer:
     def wait_serving(self, slot: str, version: int) -> None:
         """Return once `consecutive` polls in a row of the slot's /version name `version`."""
         deadline = time.monotonic() + self.timeout_s
-        streak, last = 0, None
+        streak, last, workers = 0, None, None
         while True:
             last = self.serving(slot)
             streak = streak + 1 if last == version else 0
             if streak >= self.consecutive:
-                return
+                workers = self.worker_versions(slot)
+                if workers is None or workers == {version}:
+                    return
             if time.monotonic() >= deadline:
+                answer = "not ready/unreachable" if last is None else f"version {last}"
+                if workers:
+                    answer += f"; live workers serve {sorted(workers)}"
                 raise DeployError(
-                    f"slot {slot} did not serve version {version} within {self.timeout_s:g}s "
-                    f"(last answer: {'not ready/unreachable' if last is None else f'version {last}'})"
+                    f"slot {slot} did not serve version {version} within {self.timeout_s:g}s (last answer: {answer})"
                 )
             time.sleep(self.poll_s)
+
+    def worker_versions(self, slot: str) -> set[int] | None:
+        """Versions the slot's live workers serve (`model_info` gauge); None if /metrics does not say."""
+        request = urllib.request.Request(f"{self.urls[slot]}/metrics", headers={"Connection": "close"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.http_timeout_s) as response:
+                text = response.read().decode("utf-8", errors="replace")
+        except (urllib.error.URLError, OSError):
+            return None
+        found: set[int] = set()
+        seen = False
+        for match in _MODEL_INFO.finditer(text):
+            seen = True
+            labels, value = match.group(1), float(match.group(2))
+            version = _VERSION_LABEL.search(labels)
+            if value >= 1 and version and version.group(1).isdigit():
+                found.add(int(version.group(1)))
+        return found if seen else None
 
     def current(self, slot: str) -> int | None:
         return versions.read_slot(self.run_dir, slot)

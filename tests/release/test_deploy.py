@@ -37,11 +37,12 @@ def canary(start_server, models_root):
 
 def test_deploy_returns_once_every_worker_serves_the_new_version(canary):
     deployer = NativeDeployer(canary.run_dir, _urls(canary), timeout_s=60, poll_s=0.1)
-    assert deployer.serving("canary") == 1
+    assert deployer.serving("canary") == 1 and deployer.worker_versions("canary") == {1}
 
     deployer.deploy("canary", 2)
 
     assert versions.read_slot(canary.run_dir, "canary") == 2 == deployer.current("canary")
+    assert deployer.worker_versions("canary") == {2}  # the old version's gauge is down in every live worker
     assert _fresh_versions(canary.url, 20) == {"2"}
     assert deployer.serving("canary") == 2
 
