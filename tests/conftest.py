@@ -7,4 +7,6 @@ pytest_plugins = [
     "tests.fixtures.receivers",
     "tests.fixtures.pipeline",
     "tests.fixtures.stack",
+    "tests.fixtures.kafka",
+    "tests.fixtures.mariadb",
 ]
