@@ -8,7 +8,8 @@ follow from it, and where they are kept:
 * the variable must be set before ``prometheus_client`` is first imported in the process
   (``gunicorn.conf.py`` sets it at the top; :func:`ensure_multiproc_dir` does it for other runners);
 * the directory is wiped when the Gunicorn master starts (``on_starting``) and a dead worker's
-  live gauges are dropped (``child_exit`` → :func:`mark_worker_dead`).
+  live gauges are dropped (``child_exit`` → :func:`mark_worker_dead`); so each slot needs a
+  directory of its own (the default, ``<run_dir>/metrics/<slot>``).
 
 What the release controller and alerts query (names and labels are a contract):
 

@@ -228,6 +228,9 @@ def _routes(app: Flask, rt: Runtime) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if (exc.code or 500) >= 500:  # Flask's wrapper of an error raised outside a view: still never a 500
+            log.error("internal error", extra=kv(request_id=getattr(g, "request_id", "-"), error=exc))
+            return _text("service unavailable: internal error (logged)", 503)
         return _text(f"{exc.code} {exc.name}: {_printable(request.path)}", exc.code or 400)
 
     @app.errorhandler(Exception)

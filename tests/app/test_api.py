@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import requests
 
+from app.model import Recommender
 from simulator.world import World
 
 SLOT = "canary"
@@ -280,6 +281,25 @@ def test_model_dir_serves_that_bundle_and_reports_its_version(start_server, mode
     r = s.get("/recommend/3")
     assert r.status_code == 200 and r.headers["X-Model-Version"] == "2" and r.headers["X-Slot"] == "stable"
     assert s.get("/version").json()["bundle"] == str(models_root / "2")
+
+
+# ---------------------------------------------------------------------- a model that fails
+def test_model_error_on_one_user_is_logged_and_answered_with_the_fallback_list(start_server, models_root, tmp_path):
+    # a real bundle with checksums intact whose neighbour table is broken for one user only
+    model = Recommender.load(models_root / "1")
+    broken = int(model.user_ids[5])
+    model.rank_nb_idx = model.rank_nb_idx.copy()
+    model.rank_nb_idx[5, 0] = 10**9  # an index past the end: recommend() raises IndexError
+    model.metadata["version"] = 4
+    model.save(tmp_path / "models" / "4")
+    s = start_server(models_root=tmp_path / "models", version=4, workers=1)
+
+    r = s.get(f"/recommend/{broken}")
+    assert r.status_code == 200 and r.headers["X-Model-Version"] == "4"
+    movies = ids_of(r.text)
+    assert len(movies) == 20 and movies == ids_of(s.get("/recommend/123456789").text), "the unknown-user list"
+    s.wait_log(rf"model failed, answering the fallback list .*request_id={r.headers['X-Request-Id']}")
+    assert s.get(f"/recommend/{int(model.user_ids[6])}").status_code == 200
 
 
 # ---------------------------------------------------------------------- fault injection
