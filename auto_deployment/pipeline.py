@@ -238,6 +238,7 @@ class _Run:
                                 path=str(self.layout.run_dir / "pipeline" / f"{run_id}.json"))
         self.metrics: dict[str, Any] = {}
         self.prepared: Any = None
+        self.prepared_at: datetime | None = None
         self.version: int | None = None
         self.bundle: Path | None = None
         self.release_result: dict[str, Any] = {}
@@ -287,6 +288,7 @@ class _Run:
             if (self.layout.data_dir / name).exists():
                 shutil.copy2(self.layout.data_dir / name, self.staged / name)
         self.prepared = report = prepare(self.events_dir, self.staged)
+        self.prepared_at = datetime.now(UTC)
         self.report.data_checksum = report.checksum
         details = {"ratings": report.ratings, "watches": report.watches, "new_ratings": report.new_ratings,
                    "changed_ratings": report.changed_ratings, "new_watches": report.new_watches,
@@ -335,7 +337,7 @@ class _Run:
     def make_version(self) -> dict[str, Any]:
         assert self.version is not None and self.bundle is not None
         result = create_version(self.layout, self.version, self.staged, self.bundle, self.metrics, self.mysql,
-                                work_dir=self.work)
+                                work_dir=self.work, data_created=self.prepared_at)
         self.report.version = result.version
         return result.to_dict()
 

@@ -7,14 +7,15 @@ A version is *made* by `create_version`, in this order:
 2. ``dvc add data models/<n>`` writes `data.dvc` and `models/<n>.dvc` (and DVC's `.gitignore` lines);
 3. ``dvc push`` sends both to the DVC remote (`DVC_REMOTE`, default the local directory
    `<run>/dvc-remote`, configured in `.dvc/config` as the default remote when none is set);
-4. a git commit of exactly those files, whose message names the version, data checksum and RMSE;
-5. the `tracking` row in MySQL (with the commit, so an auditor goes from a version to its data);
+4. the `tracking` row in MySQL (refused if the number already has one: rows are never overwritten);
+5. a git commit of exactly those files, whose message names the version, data checksum and RMSE;
 6. ``git push`` when `GIT_REMOTE` is set.
 
 Every step registers how to undo itself; if any step fails the undo runs in reverse order, so a
 failed run leaves no bundle, no `.dvc` file, no commit and no row behind (objects already pushed to
-the DVC remote stay: they are content-addressed and harmless). The tracking row comes after the
-commit because MySQL can be rolled back by deleting one row, a pushed commit cannot.
+the DVC remote stay: they are content-addressed and harmless). MySQL down at the tracking step thus
+never reaches git; a failed commit or push deletes the row again. ``git push`` comes last because a
+pushed commit is the one thing that cannot be taken back.
 
 Numbers: ``next_version`` is one more than the largest number seen anywhere (`version.txt`,
 `models/<n>/`, `models/<n>.dvc`, tracking rows), so a number once used never means something else.
@@ -126,7 +127,7 @@ def _dvc_bin() -> str:
 
 def run(args: Sequence[str], cwd: Path, timeout: float = COMMAND_TIMEOUT_S) -> str:
     """Run a command, return its stdout; raise VersionError naming the command and its error output."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0", "COLUMNS": "100000"}
     try:
         done = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
                               check=False)
@@ -187,25 +188,28 @@ def ensure_repo(layout: Layout) -> None:
 
 def ensure_remote(layout: Layout) -> tuple[str, str]:
     """(name, url) of the DVC remote to push to; configures `.dvc/config` when needed."""
-    configured: dict[str, str] = {}
-    default = ""
-    for line in dvc(layout, "remote", "list").splitlines():  # "name<TAB>url[<TAB>(default)]"
-        parts = line.split()
-        if len(parts) >= 2:
-            configured[parts[0]] = parts[1]
-            if "(default)" in parts[2:]:
-                default = parts[0]
+    # `dvc remote list` renders through rich and wraps long URLs: ask for single values instead
+    default = _dvc_value(layout, "remote", "default")
     if not layout.dvc_remote and default:
-        return default, configured[default]
+        return default, _dvc_value(layout, "config", f"remote.{default}.url")
     url = layout.dvc_remote or str(layout.run_dir / "dvc-remote")
-    if configured.get(DVC_REMOTE_NAME) == url:
+    current = _dvc_value(layout, "config", f"remote.{DVC_REMOTE_NAME}.url")
+    if current == url:
         return DVC_REMOTE_NAME, url
-    if DVC_REMOTE_NAME in configured:
+    if current:
         dvc(layout, "remote", "modify", DVC_REMOTE_NAME, "url", url)
     else:
         dvc(layout, "remote", "add", *([] if default else ["-d"]), DVC_REMOTE_NAME, url)
     log.info("DVC remote configured", extra=kv(name=DVC_REMOTE_NAME, url=url, default=not default))
     return DVC_REMOTE_NAME, url
+
+
+def _dvc_value(layout: Layout, *args: str) -> str:
+    """One value DVC prints (a config option, the default remote); empty when it is not set."""
+    try:
+        return dvc(layout, *args).strip()
+    except VersionError:
+        return ""
 
 
 # --- numbers ---------------------------------------------------------------------------------------
@@ -347,8 +351,8 @@ def _commit_message(version: int, checksum: str, rmse: float, metrics: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def _tracking_row(version: int, bundle: Path, checksum: str, model_sum: str, commit: str,
-                  data_created: datetime, metrics: dict[str, Any]) -> dict[str, Any]:
+def _tracking_row(version: int, bundle: Path, checksum: str, model_sum: str, data_created: datetime,
+                  metrics: dict[str, Any]) -> dict[str, Any]:
     meta = json.loads((bundle / "metadata.json").read_text())
     trained = meta.get("trained_at")
     trained_on = (datetime.strptime(trained, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if trained
@@ -365,7 +369,6 @@ def _tracking_row(version: int, bundle: Path, checksum: str, model_sum: str, com
         "params": meta.get("params", {}),
         "train_size": int(meta.get("train_size", 0)),
         "metrics": metrics,
-        "version_commit": commit,
     }
 
 
@@ -375,6 +378,10 @@ def _record_tracking(mysql: MySQL, row: dict[str, Any]) -> Callable[[], None]:
 
     conn = schema.connect(mysql, "admin")
     try:
+        with conn.cursor() as cur:  # record_tracking upserts; an existing number must never be overwritten
+            cur.execute("SELECT COUNT(*) FROM tracking WHERE version_number = %s", (row["version_number"],))
+            if cur.fetchone()[0]:
+                raise VersionError(f"tracking already has a row for version {row['version_number']}")
         schema.record_tracking(conn, row)
     finally:
         conn.close()
@@ -449,6 +456,15 @@ def create_version(
         timed("dvc_push", t0)
 
         t0 = time.perf_counter()
+        model_sum = bundle_checksum(bundle)
+        row = _tracking_row(version, bundle, checksum, model_sum, data_created or datetime.now(UTC), metrics)
+        try:
+            undo.push("tracking row", _record_tracking(mysql, row))
+        except Exception as exc:  # pymysql and schema errors alike mean "no row"
+            raise VersionError(f"tracking row not written to MySQL {mysql.host}:{mysql.port}: {exc}") from exc
+        timed("tracking", t0)
+
+        t0 = time.perf_counter()
         paths = [layout.rel(p) for p in dict.fromkeys([data_dvc, bundle_dvc, *ignore_files, *tracked_meta])
                  if p.exists()]
         git(layout, "add", "--", *paths)
@@ -457,16 +473,6 @@ def create_version(
         undo.push("git commit", lambda: _uncommit(layout, old_head))
         commit = head_commit(layout) or ""
         timed("git_commit", t0)
-
-        t0 = time.perf_counter()
-        model_sum = bundle_checksum(bundle)
-        row = _tracking_row(version, bundle, checksum, model_sum, commit, data_created or datetime.now(UTC),
-                            metrics)
-        try:
-            undo.push("tracking row", _record_tracking(mysql, row))
-        except Exception as exc:  # pymysql and schema errors alike mean "no row"
-            raise VersionError(f"tracking row not written to MySQL {mysql.host}:{mysql.port}: {exc}") from exc
-        timed("tracking", t0)
 
         pushed = False
         if layout.git_remote:

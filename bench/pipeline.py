@@ -1,0 +1,153 @@
+"""Retraining pipeline benchmark: seconds of one full run (no release), split by step.
+
+Two sizes, each in a throwaway git + DVC repository with its own private MariaDB (the `tracking`
+row is written for real) and a local DVC remote:
+
+* MovieLens-100k: `data/` holds the oldest 80% of the ratings; the newest 20% arrive as an event
+  log (two watched minutes and the rating per rating, as the simulator writes them);
+* a 1-million-rating world (6,000 users × 3,700 movies, the shape of MovieLens-1M): 90% in
+  `data/`, the newest 10% as events.
+
+The run is `run_pipeline` in this process with `--source file:...` and `--no-release`; the
+version step is also split into its DVC, git and MySQL parts. `BENCH_PIPELINE_SIZES` picks the
+sizes (`ml100k,world1m`, the default, or one of them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from app.settings import ROOT, MySQL, Notify
+from auto_deployment.checks import CheckLimits
+from auto_deployment.data import Tables, save_tables
+from auto_deployment.pipeline import Options, run_pipeline
+from auto_deployment.version import Layout
+from bench.table import render
+from tests.fixtures.pipeline import DVC, event_lines, sh, write_log
+
+STEP_ROWS = ("collect", "prepare", "checks", "evaluate", "gate", "train", "version")
+VERSION_PARTS = ("setup", "install", "dvc_add", "dvc_push", "git_commit", "tracking")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _MariaDB:
+    """A private MariaDB with the provenance schema, under `base` (ops/mariadb.sh + schema apply)."""
+
+    def __init__(self, base: Path) -> None:
+        self.port = _free_port()
+        self.env = {**os.environ, "MOVIEREC_RUN_DIR": str(base / "db-run"), "MYSQL_PORT": str(self.port),
+                    "PYTHONPATH": str(ROOT)}
+
+    def __enter__(self) -> MySQL:
+        subprocess.run(["bash", str(ROOT / "ops" / "mariadb.sh"), "start"], env=self.env, check=True,
+                       capture_output=True, timeout=180)
+        subprocess.run([sys.executable, "-m", "auto_deployment.schema", "apply"], env=self.env, cwd=ROOT,
+                       check=True, capture_output=True, timeout=180)
+        defaults = MySQL.from_env()
+        return MySQL(**{**defaults.__dict__, "port": self.port})
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["bash", str(ROOT / "ops" / "mariadb.sh"), "stop"], env=self.env, check=False,
+                       capture_output=True, timeout=180)
+
+
+def _repo(base: Path, tables: Tables, new_share: float) -> tuple[Layout, Path, int, int]:
+    """A git + DVC repo under `base` holding all but the newest ratings; the event log of the rest."""
+    ratings = tables.ratings.sort_values(["timestamp", "user_id", "movie_id"], kind="mergesort")
+    cut = int(len(ratings) * (1 - new_share))
+    repo = base / "repo"
+    repo.mkdir(parents=True)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    sh(["git", "init", "-q", "-b", "main"], repo)
+    sh(["git", "config", "user.name", "bench"], repo)
+    sh(["git", "config", "user.email", "bench@example.org"], repo)
+    sh([DVC, "init", "-q"], repo, env=env)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-q", "-m", "initial"], repo)
+    save_tables(Tables(ratings=ratings.iloc[:cut], watches=tables.watches, users=tables.users,
+                       movies=tables.movies), repo / "data")
+    lines = event_lines(ratings.iloc[cut:])
+    log_path = write_log(base / "events.log", lines)
+    layout = Layout(root=repo.resolve(), data_dir=(repo / "data").resolve(), models_dir=(repo / "models").resolve(),
+                    version_file=(repo / "version.txt").resolve(), run_dir=(base / "run").resolve(),
+                    dvc_remote=str(base / "dvc-remote"))
+    return layout, log_path, len(ratings), len(lines)
+
+
+def _measure(name: str, tables: Tables, new_share: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"bench-pipeline-{name}-") as tmp:
+        base = Path(tmp)
+        layout, log_path, n_ratings, n_lines = _repo(base, tables, new_share)
+        with _MariaDB(base) as mysql:
+            options = Options(source=f"file:{log_path}", release=False, layout=layout, mysql=mysql,
+                              notify=Notify(**{**Notify.from_env().__dict__, "smtp_host": "", "slack_webhook": ""}),
+                              limits=CheckLimits(min_new_ratings=1, max_unknown_share=0.01), rmse_gate=1.5)
+            started = time.perf_counter()
+            report = run_pipeline(options)
+            total = time.perf_counter() - started
+        if report.outcome != "versioned":
+            raise RuntimeError(f"bench run {name} ended {report.outcome}: {report.reason}")
+        steps = {s.name: s.seconds for s in report.steps}
+        parts = report.step("version").details.get("timings", {})
+        return {"steps": steps, "parts": parts, "total": total, "ratings": n_ratings, "lines": n_lines,
+                "rmse": report.rmse, "data_mb": sum(f.stat().st_size for f in layout.data_dir.rglob("*")
+                                                    if f.is_file()) / 1e6}
+
+
+def _world_1m() -> Tables:
+    from simulator.world import World
+
+    world = World.generate(seed=3, n_users=6000, n_movies=3700)
+    ratings, watches = world.history(n_ratings=1_000_000, seed=3)
+    return Tables(ratings=ratings, watches=watches, users=world.users.copy(), movies=world.movies.copy())
+
+
+def _ml100k() -> Tables:
+    from auto_deployment.datasets import movielens_100k
+
+    return movielens_100k()
+
+
+SIZES = {
+    "ml100k": ("MovieLens-100k (20% as events)", _ml100k, 0.2),
+    "world1m": ("1M-rating world (10% as events)", _world_1m, 0.1),
+}
+
+
+def run() -> str:
+    logging.getLogger().setLevel(logging.WARNING)  # step lines would drown the tables
+    wanted = [s for s in os.environ.get("BENCH_PIPELINE_SIZES", "ml100k,world1m").split(",") if s in SIZES]
+    results = {}
+    for key in wanted:
+        title, make, share = SIZES[key]
+        results[title] = _measure(key, make(), share)
+    titles = list(results)
+    rows = [[step, *(results[t]["steps"].get(step, float("nan")) for t in titles)] for step in STEP_ROWS]
+    rows += [[f"  version: {part}", *(results[t]["parts"].get(part, float("nan")) for t in titles)]
+             for part in VERSION_PARTS]
+    rows.append(["total (incl. lock, report, cleanup)", *(results[t]["total"] for t in titles)])
+    sizes = [["ratings after the run", *(results[t]["ratings"] for t in titles)],
+             ["event lines collected", *(results[t]["lines"] for t in titles)],
+             ["data/ size (MB, with event store)", *(results[t]["data_mb"] for t in titles)],
+             ["RMSE (80/20, seed 42)", *(results[t]["rmse"] for t in titles)]]
+    return (render("Retraining pipeline: seconds per step of one run (file source, no release)",
+                   ["step", *titles], rows,
+                   note="evaluate fits two models (80/20 split, temporal split); train fits the bundle on all data")
+            + "\n" + render("Pipeline benchmark data", ["", *titles], sizes))
+
+
+if __name__ == "__main__":
+    print(run())
