@@ -1,0 +1,212 @@
+"""The provenance schema on a real MariaDB: versioned and idempotent, least-privilege accounts, stage writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from app.settings import ROOT, MySQL
+from auto_deployment import schema
+from tests.fixtures.mariadb import MariaDB, free_port, fresh_database_name, settings_env
+
+pytestmark = pytest.mark.services
+
+DENIED = (1142, 1143, 1044, 1045)  # table/column/database command denied, access denied
+
+
+def run_schema_cli(settings: MySQL, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "auto_deployment.schema", *args], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, **settings_env(settings)}, timeout=60)
+
+
+def query(settings: MySQL, role: str, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = schema.connect(settings, role)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def assert_denied(settings: MySQL, role: str, sql: str, params: tuple = ()) -> None:
+    with pytest.raises((pymysql.err.OperationalError, pymysql.err.ProgrammingError)) as info:
+        query(settings, role, sql, params)
+    assert info.value.args[0] in DENIED, info.value
+
+
+def test_applying_the_schema_twice_changes_nothing_the_second_time(mariadb: MariaDB, tmp_path: Path) -> None:
+    settings = mariadb.settings(fresh_database_name(), tmp_path / "spool")
+    files = [m.version for m in schema.migrations()]
+    assert files == sorted(files) and len(files) >= 2
+
+    assert schema.apply_schema(settings) == files
+    before = query(settings, "admin", "SELECT version, name, checksum, applied_at FROM schema_version ORDER BY version")
+    assert schema.apply_schema(settings) == []
+    done = run_schema_cli(settings, "apply")
+    assert done.returncode == 0, done.stderr
+    after = query(settings, "admin", "SELECT version, name, checksum, applied_at FROM schema_version ORDER BY version")
+    assert after == before
+    assert [v for v, *_ in after] == files
+
+    tables = {t for (t,) in query(settings, "admin", "SHOW TABLES")}
+    assert {"schema_version", "tracking", "reccom", "releases"} <= tables
+    status = run_schema_cli(settings, "status")
+    assert status.returncode == 0
+    assert all(m.name in status.stdout for m in schema.migrations())
+
+
+def test_a_new_schema_file_is_applied_on_top_of_the_existing_ones(mariadb: MariaDB, tmp_path: Path) -> None:
+    settings = mariadb.settings(fresh_database_name(), tmp_path / "spool")
+    schema.apply_schema(settings)
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(schema.SQL_DIR, sql_dir)
+    last = schema.migrations()[-1].version
+    (sql_dir / f"{last + 1:03d}_audit_notes.sql").write_text(
+        "-- a later change\nCREATE TABLE IF NOT EXISTS audit_notes (\n  id INT PRIMARY KEY\n);\n"
+        "ALTER TABLE audit_notes ADD COLUMN note TEXT;\n"
+    )
+
+    assert schema.apply_schema(settings, sql_dir) == [last + 1]
+    assert schema.apply_schema(settings, sql_dir) == []  # the ALTER would fail if it ran twice
+    columns = [c for c, *_ in query(settings, "admin", "SHOW COLUMNS FROM audit_notes")]
+    assert columns == ["id", "note"]
+
+
+def test_reccom_is_indexed_for_who_served_user_u_when_and_by_version(mysql_settings: MySQL) -> None:
+    indexes: dict[str, list[str]] = {}
+    for row in query(mysql_settings, "admin", "SHOW INDEX FROM reccom"):
+        indexes.setdefault(row[2], []).append(row[4])
+    assert ["user_id", "served_at_ms"] in indexes.values()
+    assert any(cols[0] == "version_number" for cols in indexes.values())
+    assert any(cols == ["request_id"] for name, cols in indexes.items() if name != "PRIMARY")
+    plan = query(mysql_settings, "admin",
+                 "EXPLAIN SELECT * FROM reccom WHERE user_id = 7 AND served_at_ms BETWEEN 0 AND 10")
+    assert plan[0][5] is not None and "user" in plan[0][5]  # the `key` the optimiser picks
+
+
+def test_app_account_may_only_insert_served_rows_and_read_tracking(mysql_settings: MySQL) -> None:
+    s = mysql_settings
+    schema_conn = schema.connect(s, "admin")
+    schema.record_tracking(schema_conn, {"version_number": 1, "model_rmse": 0.9})
+    schema_conn.close()
+
+    query(s, "app", "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, movies) "
+                    "VALUES ('r1', 1, 2, 1, 'stable', 'h', 'a,b')")
+    assert query(s, "app", "SELECT version_number, model_rmse FROM tracking") == [(1, 0.9)]
+
+    assert_denied(s, "app", "SELECT * FROM reccom")
+    assert_denied(s, "app", "SELECT COUNT(*) FROM reccom")
+    assert_denied(s, "app", "UPDATE reccom SET user_id = 3")
+    assert_denied(s, "app", "DELETE FROM reccom")
+    assert_denied(s, "app", "INSERT INTO tracking (version_number) VALUES (2)")
+    assert_denied(s, "app", "UPDATE tracking SET model_rmse = 0.1")
+    assert_denied(s, "app", "DELETE FROM tracking")
+    assert_denied(s, "app", "SELECT * FROM releases")
+    assert_denied(s, "app", "DROP TABLE reccom")
+    assert query(s, "admin", "SELECT request_id FROM reccom") == [("r1",)]
+
+
+def test_auditor_account_reads_everything_and_writes_nothing(mysql_settings: MySQL) -> None:
+    s = mysql_settings
+    conn = schema.connect(s, "admin")
+    schema.record_tracking(conn, {"version_number": 1})
+    conn.close()
+    for table in ("tracking", "reccom", "releases", "schema_version"):
+        query(s, "auditor", f"SELECT * FROM {table}")
+    assert_denied(s, "auditor", "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, "
+                                "movies) VALUES ('x', 1, 1, 1, 's', 'h', '')")
+    assert_denied(s, "auditor", "INSERT INTO tracking (version_number) VALUES (5)")
+    assert_denied(s, "auditor", "INSERT INTO releases (candidate_version, started_at, outcome) "
+                                "VALUES (1, NOW(), 'aborted')")
+    for table in ("tracking", "reccom", "releases"):
+        assert_denied(s, "auditor", f"UPDATE {table} SET {'version_number' if table != 'releases' else 'reason'} = 1")
+        assert_denied(s, "auditor", f"DELETE FROM {table}")
+    assert_denied(s, "auditor", "CREATE TABLE sneaky (id INT)")
+    assert_denied(s, "auditor", "DROP TABLE tracking")
+
+
+def test_schema_apply_keeps_account_passwords_in_step_with_settings(mysql_settings: MySQL) -> None:
+    changed = replace(mysql_settings, app_password="rotated-app-secret")
+    schema.apply_schema(changed)
+    query(changed, "app", "SELECT COUNT(*) FROM tracking")
+    with pytest.raises(schema.DatabaseUnreachable, match="movierec_app"):
+        schema.connect(mysql_settings, "app")
+
+
+def test_record_tracking_upserts_only_the_columns_given(mysql_settings: MySQL) -> None:
+    conn = schema.connect(mysql_settings, "admin")
+    try:
+        schema.record_tracking(conn, {
+            "version_number": 3, "data_checksum": "d" * 64, "trained_on": "2026-11-20T03:00:00Z",
+            "model_rmse": 0.95, "params": {"k": 40}, "metrics": {"rmse": 0.95, "hit_rate": 0.2},
+            "data_creation": datetime(2026, 11, 19, 23, 0, tzinfo=UTC), "train_size": 1234,
+        })
+        schema.record_tracking(conn, {"version_number": 3, "model_rmse": 0.91, "model_checksum": "m1"})
+        with pytest.raises(ValueError, match="unknown column"):
+            schema.record_tracking(conn, {"version_number": 4, "rmse": 1.0})
+        with pytest.raises(ValueError, match="version_number"):
+            schema.record_tracking(conn, {"model_rmse": 1.0})
+    finally:
+        conn.close()
+    rows = query(mysql_settings, "admin", "SELECT version_number, data_checksum, trained_on, model_rmse, "
+                                          "model_checksum, params, data_creation, train_size FROM tracking")
+    assert len(rows) == 1
+    version, checksum, trained_on, rmse, model_checksum, params, created, size = rows[0]
+    assert (version, checksum, rmse, model_checksum, size) == (3, "d" * 64, 0.91, "m1", 1234)
+    assert trained_on == datetime(2026, 11, 20, 3, 0)
+    assert created == datetime(2026, 11, 19, 23, 0)
+    assert '"k": 40' in params
+
+
+def test_record_release_stores_one_row_per_release_and_derives_error_ratios(mysql_settings: MySQL) -> None:
+    conn = schema.connect(mysql_settings, "admin")
+    try:
+        first = schema.record_release(conn, {
+            "candidate_version": 5, "previous_version": 4, "started_at": 1_790_000_000.0,
+            "ended_at": 1_790_000_060.5, "outcome": "promoted", "canary_latency_ms": 12.5,
+            "canary_requests": 200, "canary_errors": 2, "stable_requests": 800, "stable_errors": 0,
+            "reason": "latency 12.5 ms < 500 ms",
+        })
+        second = schema.record_release(conn, {"candidate_version": 6, "previous_version": 5,
+                                              "started_at": datetime(2026, 11, 24, tzinfo=UTC), "outcome": "aborted",
+                                              "reason": "prometheus unreachable"})
+        with pytest.raises(ValueError, match="outcome"):
+            schema.record_release(conn, {"candidate_version": 7, "started_at": 0, "outcome": "maybe"})
+    finally:
+        conn.close()
+    assert second > first
+    rows = query(mysql_settings, "admin", "SELECT id, candidate_version, outcome, canary_error_ratio, "
+                                          "stable_error_ratio, started_at, ended_at FROM releases ORDER BY id")
+    assert [(r[0], r[1], r[2]) for r in rows] == [(first, 5, "promoted"), (second, 6, "aborted")]
+    assert rows[0][3] == pytest.approx(2 / 200) and rows[0][4] == 0.0
+    assert rows[0][5] == datetime.fromtimestamp(1_790_000_000, UTC).replace(tzinfo=None)
+    assert rows[1][6] is None
+
+
+def test_tracking_row_maps_a_bundles_metadata() -> None:
+    metadata = {"version": 7, "algorithm": "knn", "params": {"k": 40}, "trained_at": "2026-11-24T07:30:00Z",
+                "train_size": 900, "code_commit": "abc123", "data_checksum": "cafe", "metrics": {"rmse": 0.93}}
+    row = schema.tracking_row(metadata, model_checksum="beef")
+    assert row["version_number"] == 7 and row["model_rmse"] == 0.93 and row["trained_on"] == "2026-11-24T07:30:00Z"
+    assert (row["data_checksum"], row["model_checksum"], row["code_commit"]) == ("cafe", "beef", "abc123")
+    assert set(row) <= set(schema.TRACKING_COLUMNS)
+    with pytest.raises(ValueError, match="version"):
+        schema.tracking_row({"version": "dev"})
+
+
+def test_schema_command_says_clearly_when_mysql_is_unreachable(tmp_path: Path) -> None:
+    settings = MySQL.from_env()
+    settings = replace(settings, port=free_port(), database=fresh_database_name(), spool_dir=str(tmp_path))
+    done = run_schema_cli(settings, "apply")
+    assert done.returncode == 1
+    assert "cannot reach MySQL" in done.stderr and str(settings.port) in done.stderr
+    assert "Traceback" not in done.stderr
