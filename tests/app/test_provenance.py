@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -106,7 +107,6 @@ def test_rows_missing_fields_are_dropped_and_counted_not_written(mysql_settings:
     assert events.counts == Counter(written=3, dropped=1)
 
 
-@pytest.mark.slow
 def test_writer_survives_mariadb_stopped_and_restarted_mid_stream(mariadb: MariaDB, mysql_settings: MySQL) -> None:
     """Two writers submit steadily while ops/mariadb.sh stops and restarts the server under them."""
     pace_s = 0.002
@@ -156,6 +156,44 @@ def test_writer_survives_mariadb_stopped_and_restarted_mid_stream(mariadb: Maria
     assert events.counts["dropped"] == 0
     assert spool_files(mysql_settings) == []
     assert max(slowest.values()) < 0.05, slowest  # submit() never waited for MySQL or the disk
+
+
+def test_a_hung_mysql_costs_callers_nothing_and_rows_still_arrive_exactly_once(
+    mariadb: MariaDB, mysql_settings: MySQL
+) -> None:
+    """SIGSTOP freezes the server: inserts time out (maybe after MySQL got them), rows spool, then replay."""
+    events = Events()
+    writer = ProvenanceWriter(mysql_settings, on_event=events, max_backoff_s=0.5).start()
+    rows = [make_row("h", i) for i in range(2000)]
+    worst = 0.0
+
+    def submit(row: dict) -> None:
+        nonlocal worst
+        t0 = time.perf_counter()
+        writer.submit(row)
+        worst = max(worst, time.perf_counter() - t0)
+
+    for row in rows[:100]:
+        submit(row)
+    wait_for(lambda: events.counts["written"] >= 100, what="rows written before the freeze")
+    pid = mariadb.pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i, row in enumerate(rows[100:1900]):
+            submit(row)
+            if i % 10 == 0:
+                time.sleep(0.01)
+        wait_for(lambda: events.counts["spooled"] > 0, what="rows spooled while MySQL hangs")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for row in rows[1900:]:
+        submit(row)
+    writer.close(timeout=20)
+
+    assert [r for r, _ in stored(mysql_settings)] == [r["request_id"] for r in rows]
+    assert events.counts["spooled"] > 0 and events.counts["dropped"] == 0
+    assert spool_files(mysql_settings) == []
+    assert worst < 0.05, worst
 
 
 def test_rows_spool_while_mysql_is_unreachable_and_replay_when_it_is_back(mysql_settings: MySQL) -> None:
