@@ -189,11 +189,24 @@ class StoppableSource:
         self.name = inner.name
 
     def batches(self) -> Iterator[list[str]]:
-        for batch in self._inner.batches():
-            yield batch
-            if self._stop.is_set():
-                log.warning("stop requested: collection ends early", extra=kv(source=self.name))
-                return
+        done = threading.Event()
+        if hasattr(self._inner, "stop"):  # a Kafka consumer may wait a whole window for messages: wake it
+            def relay() -> None:
+                while not done.wait(0.2):
+                    if self._stop.is_set():
+                        self._inner.stop()
+                        return
+
+            threading.Thread(target=relay, name="collect-stop", daemon=True).start()
+        try:
+            for batch in self._inner.batches():
+                yield batch
+                if self._stop.is_set():
+                    break
+        finally:
+            done.set()
+        if self._stop.is_set():
+            log.warning("stop requested: collection ended early", extra=kv(source=self.name))
 
     def commit(self) -> None:
         self._inner.commit()

@@ -188,12 +188,13 @@ def ensure_repo(layout: Layout) -> None:
 
 def ensure_remote(layout: Layout) -> tuple[str, str]:
     """(name, url) of the DVC remote to push to; configures `.dvc/config` when needed."""
-    # `dvc remote list` renders through rich and wraps long URLs: ask for single values instead
-    default = _dvc_value(layout, "remote", "default")
+    # one `dvc config -l` (plain `key=value` lines; `dvc remote list` renders through rich and wraps long URLs)
+    config = dict(line.partition("=")[::2] for line in dvc(layout, "config", "-l").splitlines() if "=" in line)
+    default = config.get("core.remote", "")
     if not layout.dvc_remote and default:
-        return default, _dvc_value(layout, "config", f"remote.{default}.url")
+        return default, config.get(f"remote.{default}.url", "")
     url = layout.dvc_remote or str(layout.run_dir / "dvc-remote")
-    current = _dvc_value(layout, "config", f"remote.{DVC_REMOTE_NAME}.url")
+    current = config.get(f"remote.{DVC_REMOTE_NAME}.url", "")
     if current == url:
         return DVC_REMOTE_NAME, url
     if current:
@@ -202,14 +203,6 @@ def ensure_remote(layout: Layout) -> tuple[str, str]:
         dvc(layout, "remote", "add", *([] if default else ["-d"]), DVC_REMOTE_NAME, url)
     log.info("DVC remote configured", extra=kv(name=DVC_REMOTE_NAME, url=url, default=not default))
     return DVC_REMOTE_NAME, url
-
-
-def _dvc_value(layout: Layout, *args: str) -> str:
-    """One value DVC prints (a config option, the default remote); empty when it is not set."""
-    try:
-        return dvc(layout, *args).strip()
-    except VersionError:
-        return ""
 
 
 # --- numbers ---------------------------------------------------------------------------------------

@@ -7,14 +7,23 @@ ratings; the event log (`--source file:...`) brings them, with re-delivered and 
 from __future__ import annotations
 
 import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 
-from app.settings import MySQL
+from app.settings import ROOT, MySQL
 from auto_deployment.data import FILES, data_checksum
-from auto_deployment.pipeline import EXIT_CHECKS, EXIT_FAILED, EXIT_GATE
+from auto_deployment.pipeline import EXIT_CHECKS, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED
 from auto_deployment.versions import bundle_problem
+from ops.stack import _environment
 from tests.fixtures.pipeline import PipelineRepo, mysql_env, tracking_rows
 from tests.fixtures.receivers import MailBox, SlackInbox
 
@@ -195,3 +204,171 @@ def test_unknown_model_parameter_fails_the_evaluate_step(pipeline_repo: Pipeline
     report = _report(pipeline_repo)
     assert report["failed_step"] == "evaluate" and "no_such_knob" in report["reason"]
     _assert_nothing_versioned(pipeline_repo, before)
+
+
+# --- with the release: the native stack ------------------------------------------------------------
+
+
+class _Load:
+    """Clients asking NGINX for recommendations until stopped (the canary needs traffic to be judged)."""
+
+    def __init__(self, url: str, clients: int = 3) -> None:
+        self.url = url
+        self.versions: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, seed: int) -> None:
+        rnd = random.Random(seed)
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    r = session.get(f"{self.url}/recommend/{rnd.randint(1, 500)}", timeout=5)
+                    self.versions.append((time.time(), r.status_code, r.headers.get("X-Model-Version")))
+                except requests.RequestException:
+                    self.versions.append((time.time(), 0, None))
+                self._stop.wait(0.02)
+
+    def __enter__(self) -> _Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_accepted_run_is_released_by_the_canary_and_promoted(
+    tmp_path: Path, smtp_receiver: MailBox, slack_receiver: SlackInbox,
+) -> None:
+    from simulator.world import World
+    from tests.fixtures.pipeline import DVC, event_lines, sh, write_log
+    from tests.fixtures.stack import start_native_stack
+
+    # the stack's own directory is the versioning repository (its run dir ignored), origin a bare repo
+    base, origin = tmp_path / "stack", tmp_path / "origin.git"
+    base.mkdir()
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    sh(["git", "init", "-q", "-b", "main"], base)
+    sh(["git", "config", "user.name", "pipeline test"], base)
+    sh(["git", "config", "user.email", "pipeline-test@example.org"], base)
+    (base / ".gitignore").write_text("/run/\n")
+    sh([DVC, "init", "-q"], base, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    sh(["git", "add", "-A"], base)
+    sh(["git", "commit", "-q", "-m", "initial"], base)
+    sh(["git", "remote", "add", "origin", str(origin)], base)
+    native = start_native_stack(base)  # default world data, model 1 (with its tracking row), version.txt = 1
+    try:
+        assert (base / "version.txt").read_text().strip() == "1"
+        world = World.generate(seed=0)
+        fresh, _ = world.history(n_ratings=3000, seed=4242)  # new ratings of the stack's own users and movies
+        log = write_log(tmp_path / "events.log", event_lines(fresh))
+        env = {**native.env, **_notify_env(smtp_receiver, slack_receiver), "MOVIEREC_REPO_DIR": str(base),
+               "DVC_REMOTE": str(tmp_path / "dvc-remote"), "GIT_REMOTE": "origin", "RELEASE_MIN_REQUESTS": "20",
+               "PIPELINE_MIN_NEW_RATINGS": "100"}
+        with _Load(native.stack.nginx_url) as load:
+            started = time.time()
+            done = subprocess.run([sys.executable, "-m", "auto_deployment", "run", "--source", f"file:{log}",
+                                   "--observe", "20s"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            finished = time.time()
+            time.sleep(2.0)
+        assert done.returncode == 0, done.stderr[-5000:]
+        report = json.loads(sorted((base / "run" / "pipeline").glob("*.json"))[-1].read_text())
+        assert (report["outcome"], report["version"]) == ("released", 2)
+        release = next(s for s in report["steps"] if s["name"] == "release")["details"]
+        assert release["outcome"] == "promoted" and release["figures"]["canary"]["requests"] >= 20
+
+        # what clients saw: version 1, then both during the canary, then only version 2; never a failure
+        assert all(status == 200 for _, status, _ in load.versions)
+        assert {v for t, _, v in load.versions if t < started} == {"1"}
+        assert {v for t, _, v in load.versions if started <= t <= finished} == {"1", "2"}
+        assert {v for t, _, v in load.versions if t > finished + 1} == {"2"}
+
+        # versioned, promoted, recorded and committed (version.txt only after the promotion) and pushed
+        assert (base / "version.txt").read_text().strip() == "2"
+        subjects = sh(["git", "log", "--format=%s", "origin/main"], base).splitlines()
+        assert subjects[0] == "version 2 promoted to stable" and subjects[1].startswith("model version 2:")
+        in_version_commit = subprocess.run(["git", "cat-file", "-e", "HEAD~1:version.txt"], cwd=base, check=False)
+        assert in_version_commit.returncode != 0  # version.txt moves with the promotion, not with the version
+        with _environment(native.env):
+            db = MySQL.from_env()
+        assert [r["version_number"] for r in tracking_rows(db)] == [1, 2]
+        subjects = [m["Subject"] for m in smtp_receiver.messages]
+        assert any("model version 2 promoted to stable" in s for s in subjects)  # the pipeline's notice
+        assert len(slack_receiver.posts) >= 2  # the release controller's and the pipeline's
+    finally:
+        native.ops("down")
+
+
+# --- from Kafka ------------------------------------------------------------------------------------
+
+
+def _produce(bootstrap: str, topic: str, lines: list[str]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for line in lines:
+        producer.produce(topic, line.encode())
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_run_collects_the_stream_from_kafka_for_its_window(
+    pipeline_repo: PipelineRepo, pipeline_db: MySQL, kafka_broker: str,
+) -> None:
+    repo = pipeline_repo
+    topic = f"movielog-{repo.root.name[-12:]}".replace("_", "-")
+    lines = repo.events_log.read_text().splitlines()
+    _produce(kafka_broker, topic, lines)
+    env = {**mysql_env(pipeline_db), "KAFKA_BOOTSTRAP": kafka_broker, "KAFKA_TOPIC": topic,
+           "KAFKA_GROUP": f"pipeline-{topic}"}
+    done = repo.run("--source", "kafka", "--collect", "8s", "--no-release", env=env)
+    assert done.returncode == 0, done.stderr
+    report = _report(repo)
+    assert (report["outcome"], report["version"]) == ("versioned", 1)
+    collect = report["steps"][0]
+    assert collect["details"]["source"] == f"kafka:{topic}" and collect["details"]["lines"] == len(lines)
+    assert 8 <= collect["seconds"] < 60  # the window, not until the topic ends
+    ratings = pd.read_csv(repo.data_dir / FILES["ratings"], dtype={"movie_id": str})
+    assert len(ratings) == len(repo.base.ratings) + len(repo.held_out)
+    # offsets were committed: the next run's window brings nothing new, so no new version
+    again = repo.run("--source", "kafka", "--collect", "3s", "--no-release", env=env)
+    assert again.returncode == 0, again.stderr
+    assert _report(repo)["outcome"] == "no_new_data"
+    assert _report(repo)["steps"][0]["details"]["lines"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_sigterm_ends_a_long_kafka_window_at_once_and_abandons_the_run(
+    pipeline_repo: PipelineRepo, kafka_broker: str,
+) -> None:
+    repo = pipeline_repo
+    env = {**repo.env, "KAFKA_BOOTSTRAP": kafka_broker, "KAFKA_TOPIC": "movielog-quiet", "KAFKA_GROUP": "quiet"}
+    proc = subprocess.Popen([sys.executable, "-m", "auto_deployment", "run", "--source", "kafka", "--collect", "10m",
+                             "--no-release"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not repo.reports() or not json.loads(repo.reports()[-1].read_text()).get("run_id"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(3)  # well inside the 10 minute window
+        signalled = time.monotonic()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert time.monotonic() - signalled < 30
+    report = _report(repo)
+    assert report["outcome"] == "interrupted" and [s["name"] for s in report["steps"]] == ["collect"]
+    assert not (repo.repo / "data.dvc").exists() and repo.commits() == ["initial"]
