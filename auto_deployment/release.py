@@ -627,9 +627,16 @@ def release_version(
 # --- command line ----------------------------------------------------------------------------------
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidate", type=int, help="model version to release (models/<N>/)")
-    parser.add_argument("--observe", type=parse_duration, metavar="DURATION",
+    parser.add_argument("--observe", type=_duration, metavar="DURATION",
                         help="observation window: 30s, 15m, 12h, 2d (default RELEASE_OBSERVE_S)")
     parser.add_argument("--max-latency-ms", type=float,
                         help="gate: canary average latency below (RELEASE_MAX_LATENCY_MS)")
@@ -640,7 +647,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("native", "compose"), help="how slots are deployed (RELEASE_RUNTIME)")
     parser.add_argument("--slot-url", action="append", default=[], metavar="SLOT=URL",
                         help="a slot's own base URL (repeatable; default RELEASE_SLOT_URLS / loopback ports)")
-    parser.add_argument("--deploy-timeout", type=parse_duration, metavar="DURATION",
+    parser.add_argument("--deploy-timeout", type=_duration, metavar="DURATION",
                         help="longest wait for a slot to serve a version (RELEASE_DEPLOY_TIMEOUT_S)")
     parser.add_argument("--compose-hup", action="store_true",
                         help="compose runtime: also `docker-compose kill -s HUP` the slot's service")
