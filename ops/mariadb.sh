@@ -14,7 +14,8 @@
 #                                        a password. That is acceptable only because this instance listens on
 #                                        127.0.0.1 alone and lives in a private run dir; set a password anywhere
 #                                        that matters. The account exists for 'localhost' (socket; OS root also
-#                                        via unix_socket), '127.0.0.1' and '::1'.
+#                                        via unix_socket), '127.0.0.1' and '::1'. With another admin name, the
+#                                        initial root@loopback accounts keep an empty password (private instance).
 #   MARIADB_START_TIMEOUT [30]           seconds to wait for the server to accept clients
 #   MARIADB_STOP_TIMEOUT  [30]           seconds to wait for a clean shutdown before SIGKILL
 #

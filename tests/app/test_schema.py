@@ -210,3 +210,16 @@ def test_schema_command_says_clearly_when_mysql_is_unreachable(tmp_path: Path) -
     assert done.returncode == 1
     assert "cannot reach MySQL" in done.stderr and str(settings.port) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_mariadb_script_start_is_idempotent_and_status_reports_the_pid(mariadb: MariaDB, tmp_path: Path) -> None:
+    again = mariadb.script("start")
+    assert "already running" in again.stdout and f"pid {mariadb.pid()}" in again.stdout
+    status = mariadb.script("status")
+    assert status.returncode == 0 and f"pid {mariadb.pid()}" in status.stdout
+
+    elsewhere = MariaDB(mariadb.host, free_port(), mariadb.admin_user, mariadb.admin_password, tmp_path / "run")
+    assert elsewhere.script("status", check=False).returncode == 3
+    stopped = elsewhere.script("stop")
+    assert "not running" in stopped.stdout
+    assert mariadb.script("status").returncode == 0  # the other run dir's stop left this server alone
