@@ -256,14 +256,15 @@ def format_time(when: datetime) -> str:
 
 
 def _format_millis(value: float) -> str:
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    # nine decimals: everything the parser accepts is written back unchanged (0.0815 stays 0.0815)
+    text = f"{value:.9f}".rstrip("0").rstrip(".")
     return text or "0"
 
 
 def format_line(event: WatchEvent | RateEvent | RecommendationEvent) -> str:
     """The log line of an event (no newline): ``parse_line(format_line(e)) == e`` for valid events.
 
-    Response times are written to the thousandth of a millisecond.
+    Response times are written with up to nine decimals, the precision the parser reads.
     """
     head = f"{format_time(event.time)},{event.user_id},"
     if isinstance(event, WatchEvent):
