@@ -393,7 +393,7 @@ class _Run:
                     report.reason = str(self.release_result.get("reason", ""))
         except PipelineStop as stop:
             report.outcome, report.exit_code, report.reason = stop.outcome, stop.exit_code, stop.reason
-            if stop.outcome not in ("no_new_data",):
+            if stop.outcome in ("refused", "checks_failed", "failed"):
                 report.failed_step = report.steps[-1].name if report.steps else ""
         if report.outcome != "no_new_data" and (report.outcome != "interrupted" or report.version is not None):
             self._notify()

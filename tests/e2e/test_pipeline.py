@@ -271,6 +271,7 @@ def test_accepted_run_is_released_by_the_canary_and_promoted(
                "DVC_REMOTE": str(tmp_path / "dvc-remote"), "GIT_REMOTE": "origin", "RELEASE_MIN_REQUESTS": "20",
                "PIPELINE_MIN_NEW_RATINGS": "100"}
         with _Load(native.stack.nginx_url) as load:
+            time.sleep(1.5)
             started = time.time()
             done = subprocess.run([sys.executable, "-m", "auto_deployment", "run", "--source", f"file:{log}",
                                    "--observe", "20s"], cwd=ROOT, env=env, capture_output=True, text=True,
