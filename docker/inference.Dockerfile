@@ -23,13 +23,11 @@ RUN set -eu; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $from -r docker/requirements-inference.txt
 
 FROM ${PYTHON_IMAGE}
-ARG CODE_COMMIT=unknown
 # Models and slot pointers live in shared volumes (compose.yml), metrics and the provenance spool per container.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/opt/movierec \
-    MOVIEREC_CODE_COMMIT=${CODE_COMMIT} \
     MOVIEREC_HOST=0.0.0.0 \
     MOVIEREC_MODELS_DIR=/srv/models \
     MOVIEREC_RUN_DIR=/srv/run
@@ -39,6 +37,9 @@ RUN useradd --system --uid 10001 --user-group --home-dir /srv --no-create-home m
 COPY --from=venv /opt/venv /opt/venv
 WORKDIR /opt/movierec
 COPY app/ app/
+# Last: the commit changes with every build, and everything after it is rebuilt.
+ARG CODE_COMMIT=unknown
+ENV MOVIEREC_CODE_COMMIT=${CODE_COMMIT}
 USER movierec
 EXPOSE 5001
 # Ready = a model is loaded and serving (GET /ready, design section 2).

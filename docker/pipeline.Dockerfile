@@ -21,7 +21,6 @@ RUN set -eu; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $from -r requirements.txt
 
 FROM ${PYTHON_IMAGE}
-ARG CODE_COMMIT=unknown
 # git: the version stage commits and DVC tracks data/ and models/ in a repository (MOVIEREC_REPO_DIR).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
@@ -33,7 +32,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/opt/movierec \
-    MOVIEREC_CODE_COMMIT=${CODE_COMMIT} \
     MOVIEREC_DATA_DIR=/srv/data \
     MOVIEREC_MODELS_DIR=/srv/models \
     MOVIEREC_VERSION_FILE=/srv/models/version.txt \
@@ -47,5 +45,8 @@ COPY ops/ ops/
 COPY nginx/ nginx/
 COPY monitoring/ monitoring/
 COPY docker/model-init.sh docker/
+# Last: the commit changes with every build, and everything after it is rebuilt.
+ARG CODE_COMMIT=unknown
+ENV MOVIEREC_CODE_COMMIT=${CODE_COMMIT}
 USER movierec
 CMD ["python", "-m", "auto_deployment", "--help"]

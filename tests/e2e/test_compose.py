@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -274,6 +275,48 @@ def test_init_jobs_finished_and_a_second_up_changes_nothing(compose_stack: Compo
     response = _wait_recommend(compose_stack, time.monotonic() + 120)
     assert response.headers["X-Model-Version"] == "1"
     assert requests.get(f"{compose_stack.url('nginx')}/recommend/3", timeout=5).text == before
+
+
+def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_failed_request(
+    compose_stack: ComposeStack,
+):
+    """The release path in compose: a bundle in the shared `models` volume, the real ComposeDeployer writing
+    the canary pointer on the shared `slots` volume from another container, the canary hot-swapping."""
+    slot_urls = ",".join(f"{slot}=http://{service}:{5001 + i}" for i, (slot, service) in enumerate(SLOTS.items()))
+    deploy = ("python -m auto_deployment train --data-dir /srv/data --out /srv/models/2 --version 2 && "
+              "python -c 'from auto_deployment.deploy import build_deployer; "
+              "build_deployer(\"compose\", timeout_s=120).deploy(\"canary\", 2)'")
+    statuses: collections.Counter[int] = collections.Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    statuses[session.get(f"{compose_stack.url('nginx')}/recommend/5", timeout=5).status_code] += 1
+                except requests.RequestException:
+                    statuses[0] += 1
+                time.sleep(0.01)
+
+    traffic = threading.Thread(target=load, daemon=True)
+    traffic.start()
+    try:
+        compose_stack.compose("run", "--rm", "--no-deps", "-e", f"RELEASE_SLOT_URLS={slot_urls}", "model-init",
+                              "sh", "-c", deploy, timeout=600, what="train version 2 and deploy it to the canary")
+    finally:
+        stop.set()
+        traffic.join(timeout=30)
+    assert set(statuses) == {200} and statuses[200] > 0, statuses
+    by_slot = {slot: str(requests.get(f"{compose_stack.url(slot)}/version", timeout=5).json()["version"])
+               for slot in SLOTS}
+    assert by_slot == {"stable_1": "1", "stable_2": "1", "canary": "2"}
+    served: collections.Counter[tuple[str, str]] = collections.Counter()
+    with requests.Session() as session:
+        for i in range(200):
+            response = session.get(f"{compose_stack.url('nginx')}/recommend/{i}", timeout=5)
+            assert response.status_code == 200
+            served[response.headers["X-Slot"], response.headers["X-Model-Version"]] += 1
+    assert set(served) == {("stable", "1"), ("canary", "2")}
 
 
 # ---------------------------------------------------------------------- the file itself (no engine needed)
