@@ -24,7 +24,8 @@ from auto_deployment.data import FILES, data_checksum
 from auto_deployment.pipeline import EXIT_CHECKS, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED
 from auto_deployment.versions import bundle_problem
 from ops.stack import _environment
-from tests.fixtures.pipeline import PipelineRepo, mysql_env, tracking_rows
+from tests.fixtures.mariadb import settings_env
+from tests.fixtures.pipeline import PipelineRepo, tracking_rows
 from tests.fixtures.receivers import MailBox, SlackInbox
 
 
@@ -56,11 +57,11 @@ def _assert_nothing_versioned(repo: PipelineRepo, data_before: str, db: MySQL | 
 
 
 def test_accepted_run_versions_data_and_model_and_tells_the_team(
-    pipeline_repo: PipelineRepo, pipeline_db: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
+    pipeline_repo: PipelineRepo, mysql_settings: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
 ) -> None:
     repo = pipeline_repo
     done = repo.run("--source", f"file:{repo.events_log}", "--no-release",
-                    env={**mysql_env(pipeline_db), **_notify_env(smtp_receiver, slack_receiver)})
+                    env={**settings_env(mysql_settings), **_notify_env(smtp_receiver, slack_receiver)})
     assert done.returncode == 0, done.stderr
     report = _report(repo)
     assert (report["outcome"], report["version"]) == ("versioned", 1)
@@ -98,7 +99,7 @@ def test_accepted_run_versions_data_and_model_and_tells_the_team(
     assert "in sync" in repo.dvc("status", "-c", "data.dvc", "models/1.dvc")
 
     # MySQL: the tracking row
-    [row] = tracking_rows(pipeline_db)
+    [row] = tracking_rows(mysql_settings)
     assert row["version_number"] == 1
     assert row["model_rmse"] == pytest.approx(report["rmse"])
     assert row["data_checksum"] == checksum
@@ -117,17 +118,17 @@ def test_accepted_run_versions_data_and_model_and_tells_the_team(
 
 
 def test_gate_refusal_versions_nothing_and_says_why(
-    pipeline_repo: PipelineRepo, pipeline_db: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
+    pipeline_repo: PipelineRepo, mysql_settings: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
 ) -> None:
     repo = pipeline_repo
     before = data_checksum(repo.data_dir)
     done = repo.run("--source", f"file:{repo.events_log}", "--no-release", "--rmse-gate", "0.1",
-                    env={**mysql_env(pipeline_db), **_notify_env(smtp_receiver, slack_receiver)})
+                    env={**settings_env(mysql_settings), **_notify_env(smtp_receiver, slack_receiver)})
     assert done.returncode == EXIT_GATE, done.stderr
     report = _report(repo)
     assert (report["outcome"], report["failed_step"]) == ("refused", "gate")
     assert [s["name"] for s in report["steps"]][-2:] == ["gate", "notify"]
-    _assert_nothing_versioned(repo, before, pipeline_db)
+    _assert_nothing_versioned(repo, before, mysql_settings)
     text = _mail_text(smtp_receiver)
     assert "refused" in text and "gate" in text and f"{report['rmse']:.4f}" in text and "0.1" in text
     [post] = slack_receiver.posts
@@ -152,7 +153,7 @@ def test_failed_data_check_stops_the_run_and_names_the_check(
 
 
 def test_mysql_down_at_tracking_fails_cleanly_and_a_later_run_succeeds(
-    pipeline_repo: PipelineRepo, pipeline_db: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
+    pipeline_repo: PipelineRepo, mysql_settings: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
 ) -> None:
     repo = pipeline_repo
     before = data_checksum(repo.data_dir)
@@ -164,23 +165,23 @@ def test_mysql_down_at_tracking_fails_cleanly_and_a_later_run_succeeds(
     assert (report["outcome"], report["failed_step"], report["version"]) == ("failed", "version", None)
     assert "tracking row not written" in report["reason"]
     assert "rolled back" in down.stderr
-    _assert_nothing_versioned(repo, before, pipeline_db)
+    _assert_nothing_versioned(repo, before, mysql_settings)
     text = _mail_text(smtp_receiver)
     assert "failed at step version" in text and "tracking row not written" in text
 
     # MySQL back: the next run versions the same data, under the number the failed run never used
-    up = repo.run("--source", "none", "--no-release", env={**mysql_env(pipeline_db), **notify})
+    up = repo.run("--source", "none", "--no-release", env={**settings_env(mysql_settings), **notify})
     assert up.returncode == 0, up.stderr
     assert _report(repo)["version"] == 1
-    assert [r["version_number"] for r in tracking_rows(pipeline_db)] == [1]
+    assert [r["version_number"] for r in tracking_rows(mysql_settings)] == [1]
     assert repo.commits()[0].startswith("model version 1:")
 
 
 def test_rerun_without_new_events_makes_no_new_version(
-    pipeline_repo: PipelineRepo, pipeline_db: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
+    pipeline_repo: PipelineRepo, mysql_settings: MySQL, smtp_receiver: MailBox, slack_receiver: SlackInbox,
 ) -> None:
     repo = pipeline_repo
-    env = {**mysql_env(pipeline_db), **_notify_env(smtp_receiver, slack_receiver)}
+    env = {**settings_env(mysql_settings), **_notify_env(smtp_receiver, slack_receiver)}
     first = repo.run("--source", f"file:{repo.events_log}", "--no-release", env=env)
     assert first.returncode == 0, first.stderr
     commits = repo.commits()
@@ -192,7 +193,7 @@ def test_rerun_without_new_events_makes_no_new_version(
     assert (report["outcome"], report["version"]) == ("no_new_data", None)
     assert repo.commits() == commits
     assert sorted(p.name for p in repo.models_dir.iterdir() if p.is_dir()) == ["1"]
-    assert len(tracking_rows(pipeline_db)) == 1
+    assert len(tracking_rows(mysql_settings)) == 1
     assert len(smtp_receiver.messages) == 1 and len(slack_receiver.posts) == 1  # the first run's only
 
 
@@ -322,13 +323,13 @@ def _produce(bootstrap: str, topic: str, lines: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.services
 def test_run_collects_the_stream_from_kafka_for_its_window(
-    pipeline_repo: PipelineRepo, pipeline_db: MySQL, kafka_broker: str,
+    pipeline_repo: PipelineRepo, mysql_settings: MySQL, kafka_broker: str,
 ) -> None:
     repo = pipeline_repo
     topic = f"movielog-{repo.root.name[-12:]}".replace("_", "-")
     lines = repo.events_log.read_text().splitlines()
     _produce(kafka_broker, topic, lines)
-    env = {**mysql_env(pipeline_db), "KAFKA_BOOTSTRAP": kafka_broker, "KAFKA_TOPIC": topic,
+    env = {**settings_env(mysql_settings), "KAFKA_BOOTSTRAP": kafka_broker, "KAFKA_TOPIC": topic,
            "KAFKA_GROUP": f"pipeline-{topic}"}
     done = repo.run("--source", "kafka", "--collect", "8s", "--no-release", env=env)
     assert done.returncode == 0, done.stderr

@@ -14,7 +14,8 @@ from auto_deployment import schema
 from auto_deployment.pipeline import EXIT_FAILED
 from auto_deployment.version import Layout, commit_promotion, next_version
 from auto_deployment.versions import bundle_problem, write_stable
-from tests.fixtures.pipeline import DVC, PipelineRepo, event_lines, mysql_env, sh, tracking_rows, write_log
+from tests.fixtures.mariadb import settings_env
+from tests.fixtures.pipeline import DVC, PipelineRepo, event_lines, sh, tracking_rows, write_log
 
 
 def _tree(directory: Path) -> dict[str, bytes]:
@@ -33,7 +34,7 @@ def _two_versions(repo: PipelineRepo, db: MySQL) -> tuple[dict[str, bytes], str]
     half = len(repo.held_out) // 2
     first = write_log(repo.root / "first.log", event_lines(repo.held_out.iloc[:half]))
     second = write_log(repo.root / "second.log", event_lines(repo.held_out.iloc[half:]))
-    env = mysql_env(db)
+    env = settings_env(db)
     done = repo.run("--source", f"file:{first}", "--no-release", env=env)
     assert done.returncode == 0, done.stderr
     v1_data, v1_commit = _tree(repo.data_dir), repo.git("rev-parse", "HEAD").strip()
@@ -45,10 +46,10 @@ def _two_versions(repo: PipelineRepo, db: MySQL) -> tuple[dict[str, bytes], str]
 
 
 def test_dvc_checkout_of_an_old_version_restores_its_data_byte_for_byte(
-    pipeline_repo: PipelineRepo, pipeline_db: MySQL,
+    pipeline_repo: PipelineRepo, mysql_settings: MySQL,
 ) -> None:
     repo = pipeline_repo
-    v1_data, v1_commit = _two_versions(repo, pipeline_db)
+    v1_data, v1_commit = _two_versions(repo, mysql_settings)
 
     # in the working repository: the old data.dvc from git, then dvc checkout
     repo.git("checkout", v1_commit, "--", "data.dvc")
@@ -65,48 +66,48 @@ def test_dvc_checkout_of_an_old_version_restores_its_data_byte_for_byte(
     assert json.loads((clone / "models" / "1" / "metadata.json").read_text())["version"] == 1
 
 
-def test_version_numbers_are_never_reused(pipeline_repo: PipelineRepo, pipeline_db: MySQL) -> None:
+def test_version_numbers_are_never_reused(pipeline_repo: PipelineRepo, mysql_settings: MySQL) -> None:
     layout = _layout(pipeline_repo)
-    assert next_version(layout, pipeline_db) == 1
+    assert next_version(layout, mysql_settings) == 1
     (pipeline_repo.repo / "version.txt").write_text("5\n")
-    assert next_version(layout, pipeline_db) == 6
+    assert next_version(layout, mysql_settings) == 6
     pipeline_repo.models_dir.mkdir()
     (pipeline_repo.models_dir / "7.dvc").write_text("outs: []\n")  # a version whose bundle is not checked out
-    assert next_version(layout, pipeline_db) == 8
-    conn = schema.connect(pipeline_db, "admin")
+    assert next_version(layout, mysql_settings) == 8
+    conn = schema.connect(mysql_settings, "admin")
     try:
         schema.record_tracking(conn, {"version_number": 9, "trained_on": datetime.now(UTC), "model_rmse": 0.9})
     finally:
         conn.close()
-    assert next_version(layout, pipeline_db) == 10
+    assert next_version(layout, mysql_settings) == 10
     # a run then takes 10, and the row of 9 is left as it was
     done = pipeline_repo.run("--source", f"file:{pipeline_repo.events_log}", "--no-release",
-                             env=mysql_env(pipeline_db))
+                             env=settings_env(mysql_settings))
     assert done.returncode == 0, done.stderr
-    rows = {r["version_number"]: r for r in tracking_rows(pipeline_db)}
+    rows = {r["version_number"]: r for r in tracking_rows(mysql_settings)}
     assert sorted(rows) == [9, 10]
     assert rows[9]["data_checksum"] is None and rows[9]["model_rmse"] == pytest.approx(0.9)
     assert bundle_problem(pipeline_repo.models_dir, 10) is None
 
 
-def test_failed_git_push_rolls_back_the_whole_version(pipeline_repo: PipelineRepo, pipeline_db: MySQL) -> None:
+def test_failed_git_push_rolls_back_the_whole_version(pipeline_repo: PipelineRepo, mysql_settings: MySQL) -> None:
     repo = pipeline_repo
     done = repo.run("--source", f"file:{repo.events_log}", "--no-release",
-                    env={**mysql_env(pipeline_db), "GIT_REMOTE": "no-such-remote"})
+                    env={**settings_env(mysql_settings), "GIT_REMOTE": "no-such-remote"})
     assert done.returncode == EXIT_FAILED
     assert "no-such-remote" in json.loads(repo.reports()[-1].read_text())["reason"]
     assert "rolled back" in done.stderr and 'step="tracking row"' in done.stderr
-    assert tracking_rows(pipeline_db) == []  # the row written before the push is gone again
+    assert tracking_rows(mysql_settings) == []  # the row written before the push is gone again
     assert repo.commits() == ["initial"]
     assert not (repo.repo / "data.dvc").exists() and not (repo.models_dir / "1").exists()
 
 
-def test_version_commit_holds_only_the_versions_files(pipeline_repo: PipelineRepo, pipeline_db: MySQL) -> None:
+def test_version_commit_holds_only_the_versions_files(pipeline_repo: PipelineRepo, mysql_settings: MySQL) -> None:
     repo = pipeline_repo
     (repo.repo / "README").write_text("someone's unfinished edit\n")
     repo.git("add", "README")  # staged work of a person in the same repository
     (repo.repo / "notes.txt").write_text("untracked\n")
-    done = repo.run("--source", f"file:{repo.events_log}", "--no-release", env=mysql_env(pipeline_db))
+    done = repo.run("--source", f"file:{repo.events_log}", "--no-release", env=settings_env(mysql_settings))
     assert done.returncode == 0, done.stderr
     committed = set(repo.git("show", "--name-only", "--format=", "HEAD").split())
     assert committed <= {"data.dvc", "models/1.dvc", ".gitignore", "models/.gitignore", ".dvc/config"}
@@ -115,9 +116,9 @@ def test_version_commit_holds_only_the_versions_files(pipeline_repo: PipelineRep
     assert "M  README" in status and "?? notes.txt" in status
 
 
-def test_promotion_commits_version_txt(pipeline_repo: PipelineRepo, pipeline_db: MySQL) -> None:
+def test_promotion_commits_version_txt(pipeline_repo: PipelineRepo, mysql_settings: MySQL) -> None:
     repo = pipeline_repo
-    done = repo.run("--source", f"file:{repo.events_log}", "--no-release", env=mysql_env(pipeline_db))
+    done = repo.run("--source", f"file:{repo.events_log}", "--no-release", env=settings_env(mysql_settings))
     assert done.returncode == 0, done.stderr
     layout = _layout(repo)
     assert commit_promotion(layout, 1) is None  # nothing promoted yet: version.txt untouched, no commit
