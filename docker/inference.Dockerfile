@@ -41,7 +41,6 @@ COPY app/ app/
 ARG CODE_COMMIT=unknown
 ENV MOVIEREC_CODE_COMMIT=${CODE_COMMIT}
 USER movierec
-EXPOSE 5001
 # Ready = a model is loaded and serving (GET /ready, design section 2).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('MOVIEREC_PORT', '5001'), timeout=2)"]

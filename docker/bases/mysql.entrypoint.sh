@@ -54,7 +54,11 @@ if [ "$1" = "mariadbd" ] || [ "$1" = "mysqld" ]; then
     for f in /docker-entrypoint-initdb.d/*; do
       case "$f" in
         *.sql) log "running $f"; mariadb --socket="$sock" "${auth[@]}" ${MYSQL_DATABASE:+"$MYSQL_DATABASE"} <"$f" ;;
-        *.sh) log "running $f"; . "$f" ;;
+        *.sh)
+          log "running $f"
+          # shellcheck source=/dev/null
+          . "$f"
+          ;;
       esac
     done
     mariadb-admin --socket="$sock" "${auth[@]}" shutdown

@@ -31,7 +31,8 @@ import yaml
 from app.settings import ROOT
 from tests.fixtures.stack import free_ports
 
-pytestmark = [pytest.mark.slow, pytest.mark.services]
+# A cold first run (debootstrap, stand-ins, images) takes minutes on 2 shared cores, inside the first test's setup.
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(2400)]
 
 DOCKER_SH = ROOT / "ops" / "docker.sh"
 COMPOSE_FILE = ROOT / "compose.yml"
