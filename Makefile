@@ -35,7 +35,7 @@ bench: venv sysdeps
 	$(PY) -m bench
 
 up: venv sysdeps
-	$(PY) -m ops.stack up
+	$(PY) -m ops.stack up --demo
 
 down:
 	$(PY) -m ops.stack down

@@ -8,8 +8,16 @@ run the long-lived processes: three inference servers, NGINX, Prometheus, Alertm
 waits until every part answers and prints where everything is. Running it again is safe: a live
 supervisord (found by its pid file) is kept and only what is not running is started.
 
+`make up` adds ``--demo``: the loop runs end to end on its own. A Kafka broker (``ops/kafka.sh``),
+the simulator publishing its event log to it (``python -m simulator traffic --out kafka``) and the
+scheduler consuming it (``python -m auto_deployment schedule``) join the stack, with the windows
+shortened and announced (retrain now and every ``DEMO_EVERY``, collect ``DEMO_COLLECT``, observe the
+canary ``DEMO_OBSERVE``). Versions are committed in a local clone of this repository
+(``<run>/demo/repo``, its data/, models/, version.txt), never in your checkout.
+
 `make down` runs ``down``: it stops exactly what ``up`` started, by pid file: supervisord (which
-stops its children first) and MariaDB (``ops/mariadb.sh stop``). Nothing else is touched.
+stops its children first), the Kafka broker when the demo started one (``ops/kafka.sh stop``) and
+MariaDB (``ops/mariadb.sh stop``). Nothing else is touched.
 
 Grafana is not part of the native stack (no Debian package): it runs in compose only, reading
 ``monitoring/grafana/``. ``render --variant compose`` writes the compose renderings of the same
@@ -62,6 +70,11 @@ COMPOSE_FILES = {
 }
 RULES_FILE = ROOT / "monitoring" / "prometheus" / "rules.yml"
 MARIADB_SCRIPT = ROOT / "ops" / "mariadb.sh"
+KAFKA_SCRIPT = ROOT / "ops" / "kafka.sh"
+DEMO_PROGRAMS = ("simulator", "scheduler")
+# Demo windows (environment overrides): short enough to watch the whole loop in a few minutes.
+DEMO_DEFAULTS = {"DEMO_EVERY": "10m", "DEMO_COLLECT": "2m", "DEMO_OBSERVE": "60s", "DEMO_RATE": "5",
+                 "DEMO_DURATION": "86400"}
 # Compose service names (compose.yml must use the same) and the ports inside the compose network.
 COMPOSE_SERVICES = {"stable_1": "inference_stable_1", "stable_2": "inference_stable_2", "canary": "inference_canary"}
 COMPOSE_PORTS = {"stable_1": 5001, "stable_2": 5002, "canary": 5003}
@@ -180,12 +193,15 @@ class Stack:
     mysql_port: int
     notify: Notify
     alert_webhook_url: str
+    demo: bool = False
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Stack:
+    def from_env(cls, environ: Mapping[str, str] | None = None, demo: bool = False) -> Stack:
         """Read app/settings.py with `environ` (default: this process's environment)."""
         environ = dict(os.environ if environ is None else environ)
+        if demo:
+            environ = demo_environment(environ)
         with _environment(environ):
             paths, serving, monitoring = Paths.from_env(), Serving.from_env(), Monitoring.from_env()
             mysql, notify = MySQL.from_env(), Notify.from_env()
@@ -203,6 +219,7 @@ class Stack:
             mysql_port=mysql.port,
             notify=notify,
             alert_webhook_url=monitoring.alert_webhook_url,
+            demo=demo,
         )
         # What every child sees: the caller's environment with the resolved paths made absolute, and
         # the Prometheus URL of *this* stack (the release controller queries it).
@@ -294,6 +311,10 @@ class Stack:
             "PROMETHEUS_TARGET": f"127.0.0.1:{self.prometheus_port}",
             "ALERTMANAGER_TARGET": f"127.0.0.1:{self.alertmanager_port}",
             "RULES_FILE": RULES_FILE,
+            "DEMO": self.demo,
+            "PYTHON": sys.executable,
+            "NGINX_PORT": self.nginx_port,
+            **{k: self.env.get(k, v) for k, v in DEMO_DEFAULTS.items()},
         }
         for slot in SLOTS:
             values[f"PORT_{slot.upper()}"] = self.slot_ports[slot]
@@ -405,6 +426,44 @@ def start_mariadb(stack: Stack) -> None:
     if running.returncode != 0:  # ask first: `start` on a running server waits on a lock the server holds
         _run(["bash", str(MARIADB_SCRIPT), "start"], stack, "starting MariaDB", timeout=120)
     _run([sys.executable, "-m", "auto_deployment.schema", "apply"], stack, "applying the provenance schema")
+
+
+def demo_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Point data, models, version.txt and the versioning repository at a local clone of this checkout.
+
+    The retraining loop commits every version it makes; in the demo it does so in `<run>/demo/repo`
+    (created by `git clone --local`, so it holds this repository's `data.dvc` and `version.txt`), not
+    on the branch you work on. Settings you exported yourself win.
+    """
+    environ = dict(environ)
+    with _environment(environ):
+        run_dir = Paths.from_env().run_dir.absolute()
+    repo = Path(environ.get("MOVIEREC_REPO_DIR") or run_dir / "demo" / "repo")
+    if not (repo / ".git").is_dir():
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["git", "clone", "-q", "--local", str(ROOT), str(repo)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise StackError(f"could not make the demo repository {repo}: {done.stderr.strip()}")
+        log.info("demo repository cloned", extra=kv(repo=repo))
+    for name, default in (("MOVIEREC_REPO_DIR", repo), ("MOVIEREC_DATA_DIR", repo / "data"),
+                          ("MOVIEREC_MODELS_DIR", repo / "models"), ("MOVIEREC_VERSION_FILE", repo / "version.txt")):
+        environ.setdefault(name, str(default))
+    return environ
+
+
+def kafka(stack: Stack, action: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(KAFKA_SCRIPT), action], cwd=ROOT, env=stack.env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def start_kafka(stack: Stack) -> None:
+    """The demo's broker (ops/kafka.sh: fetched from Maven Central once, then cached)."""
+    if kafka(stack, "status").returncode != 0:
+        log.info("starting the Kafka broker (first run fetches its jars from Maven Central)")
+        done = kafka(stack, "start")
+        if done.returncode != 0:
+            raise StackError(f"Kafka did not start:\n{done.stdout}{done.stderr}")
 
 
 def versions(models_dir: Path) -> list[int]:
@@ -647,7 +706,16 @@ def readiness_checks(stack: Stack) -> list[Check]:
         Check("prometheus sees all slots", lambda: prometheus_slots_up(stack) >= set(SLOTS),
               after=(*SLOTS, "prometheus")),
     ]
+    if stack.demo:
+        checks += [Check(name, lambda name=name: _program_running(stack, name), after=("nginx",))
+                   for name in DEMO_PROGRAMS]
     return checks
+
+
+def _program_running(stack: Stack, name: str) -> bool:
+    with contextlib.suppress(OSError, xmlrpc.client.Error):
+        return process_info(stack).get(name, {}).get("statename") == "RUNNING"
+    return False
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -692,6 +760,8 @@ def up(stack: Stack, timeout: float = 180.0) -> int:
     changed = write_configs(stack)
     check_configs(stack)
     start_mariadb(stack)
+    if stack.demo:
+        start_kafka(stack)
     stable = ensure_model(stack)
     record_tracking(stack, stable)
     pid = supervisord_pid(stack)
@@ -729,6 +799,19 @@ movierec is up ({elapsed:.1f} s; {'; '.join(actions)}), serving version {stable}
   ready      {', '.join(f'{k} {v}s' for k, v in ready.items())}
   status     python -m ops.stack status   |   supervisorctl -c {stack.supervisor_conf} status
   stop       make down   (python -m ops.stack down)
+""" + (demo_summary(stack) if stack.demo else "")
+
+
+def demo_summary(stack: Stack) -> str:
+    v = stack.values()
+    return f"""
+demo loop (windows shortened from 2 days / 15 min / 12 h):
+  simulator  {v['DEMO_RATE']} sessions/s through NGINX, event log to Kafka topic movielog
+             (log: {stack.log_dir}/simulator.log)
+  scheduler  retrains now and every {v['DEMO_EVERY']}: collect {v['DEMO_COLLECT']} from Kafka, gate RMSE < 1,
+             version with DVC + git in {stack.env.get('MOVIEREC_REPO_DIR')}, canary observed {v['DEMO_OBSERVE']}
+             then promote or abort   (log: {stack.log_dir}/scheduler.log)
+  watch it   curl -sI {stack.nginx_url}/recommend/1 | grep X-Model   |   python -m auto_deployment release --status
 """
 
 
@@ -747,6 +830,9 @@ def down(stack: Stack, timeout: float = 60.0) -> int:
         print(f"stopped supervisord (pid {pid}) and its programs")
     for stale in (stack.supervisor_pidfile, stack.supervisor_sock):
         stale.unlink(missing_ok=True)
+    if (stack.run_dir / "kafka" / "kafka.pid").is_file():
+        done = kafka(stack, "stop")
+        print((done.stdout + done.stderr).strip() or "Kafka stopped")
     if MARIADB_SCRIPT.is_file():
         done = subprocess.run(["bash", str(MARIADB_SCRIPT), "stop"], cwd=ROOT, env=stack.env,
                               capture_output=True, text=True, timeout=120)
@@ -782,6 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the native stack (idempotent) and wait until it is ready")
     p_up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p_up.add_argument("--demo", action="store_true",
+                      help="also run Kafka, the simulator and the retraining scheduler (make up)")
     sub.add_parser("down", help="stop what `up` started (supervisord and MariaDB, by pid file)")
     sub.add_parser("status", help="state of every program and part")
     p_render = sub.add_parser("render", help="render the configs without starting anything")
@@ -791,8 +879,8 @@ def main(argv: list[str] | None = None) -> int:
                                "(default: the tracked files, rendered without secrets)")
     args = parser.parse_args(argv)
     setup_logging()
-    stack = Stack.from_env()
     try:
+        stack = Stack.from_env(demo=getattr(args, "demo", False))
         if args.command == "up":
             return up(stack, args.timeout)
         if args.command == "down":

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from app.settings import Kafka, Monitoring
@@ -42,6 +43,21 @@ def _sink(spec: str, topic: str | None) -> tuple[Callable[[str], None], Callable
         sink = KafkaSink(settings.bootstrap, topic or settings.topic)
         return sink.send, sink.flush
     raise ValueError(f"unknown --out {spec!r}: use -, file:PATH or kafka")
+
+
+def _progress_printer(every_s: float = 10.0) -> Callable[[str], None]:
+    """A live line on a terminal; one line every `every_s` seconds in a log file."""
+    if sys.stderr.isatty():
+        return lambda text: print("\r" + text, end="", file=sys.stderr, flush=True)
+    last = [0.0]
+
+    def write(text: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            print(text, file=sys.stderr, flush=True)
+
+    return write
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = run_traffic(
                 args.url, population, emit, args.rate, args.duration, args.max_sessions, args.concurrency,
-                progress=lambda text: print("\r" + text, end="", file=sys.stderr, flush=True),
+                progress=_progress_printer(),
             )
         finally:
             close()
