@@ -1,6 +1,6 @@
 """`make bench`: every benchmark table, measured side by side in one run.
 
-`python -m bench [model] [server] [nginx] [pipeline]` runs a subset; no argument runs them all.
+`python -m bench [model] [server] [pipeline]` runs a subset; no argument runs them all.
 Each part is a module with `run() -> str` (its rendered tables).
 """
 
@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-PARTS = ["model", "server", "nginx", "pipeline"]
+PARTS = ["model", "server", "pipeline"]
 
 
 def main(argv: list[str]) -> int:
