@@ -250,20 +250,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve", type=int, default=None, metavar="PORT",
                         help="keep running: expose gauges on this port for Prometheus, refreshed every --every s")
     parser.add_argument("--every", type=float, default=30.0, help="refresh period with --serve")
+    parser.add_argument("--tail-mb", type=float, default=64.0,
+                        help="evaluate only the last this-many MB of the log (a live log keeps growing)")
 
 
 def _compute(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
     attributor: Attributor = ServerAttributor() if args.no_provenance else ProvenanceAttributor(MySQL.from_env())
     runtimes = load_runtimes(args.data_dir or Paths.from_env().data_dir)
-    with open(args.log, encoding="utf-8", errors="replace") as fh:
+    with _tail(args.log, args.tail_mb) as fh:
         try:
             return report(fh, attributor, runtimes, args.window)
         except Exception as exc:  # MySQL unreachable: say so, fall back to the server field
             if isinstance(attributor, ServerAttributor):
                 raise
             log.warning("provenance unreachable; grouping by server", extra=kv(error=exc))
-    with open(args.log, encoding="utf-8", errors="replace") as fh:
+    with _tail(args.log, args.tail_mb) as fh:
         return report(fh, ServerAttributor(), runtimes, args.window)
+
+
+def _tail(path: Path, megabytes: float):
+    """The log from `megabytes` before its end, starting at a whole line."""
+    fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (returned as a context manager)
+    size = path.stat().st_size
+    start = max(0, size - int(megabytes * 1024 * 1024))
+    if start:
+        fh.seek(start)
+        fh.readline()
+    return fh
 
 
 def main(args: argparse.Namespace) -> int:

@@ -71,7 +71,7 @@ COMPOSE_FILES = {
 RULES_FILE = ROOT / "monitoring" / "prometheus" / "rules.yml"
 MARIADB_SCRIPT = ROOT / "ops" / "mariadb.sh"
 KAFKA_SCRIPT = ROOT / "ops" / "kafka.sh"
-DEMO_PROGRAMS = ("simulator", "scheduler")
+DEMO_PROGRAMS = ("simulator", "scheduler", "online_eval")
 # Demo windows (environment overrides): short enough to watch the whole loop in a few minutes.
 DEMO_DEFAULTS = {"DEMO_EVERY": "10m", "DEMO_COLLECT": "2m", "DEMO_OBSERVE": "60s", "DEMO_RATE": "5",
                  "DEMO_DURATION": "86400"}
@@ -164,6 +164,7 @@ def compose_values(notify: Notify | None = None, webhook: str = "") -> dict[str,
         "PROMETHEUS_TARGET": "localhost:9090",
         "ALERTMANAGER_TARGET": "alertmanager:9093",
         "RULES_FILE": "rules.yml",
+        "ONLINE_EVAL_TARGET": "",
     }
     for slot in SLOTS:
         values[f"UPSTREAM_{slot.upper()}"] = f"{COMPOSE_SERVICES[slot]}:{COMPOSE_PORTS[slot]}"
@@ -281,6 +282,10 @@ class Stack:
     def nginx_status_url(self) -> str:
         return f"http://127.0.0.1:{self.nginx_status_port}/stub_status"
 
+    @property
+    def online_eval_port(self) -> int:
+        return int(self.env.get("ONLINE_EVAL_PORT", "9105"))
+
     def slot_url(self, slot: str) -> str:
         return f"http://127.0.0.1:{self.slot_ports[slot]}"
 
@@ -312,6 +317,8 @@ class Stack:
             "ALERTMANAGER_TARGET": f"127.0.0.1:{self.alertmanager_port}",
             "RULES_FILE": RULES_FILE,
             "DEMO": self.demo,
+            "ONLINE_EVAL_TARGET": f"127.0.0.1:{self.online_eval_port}" if self.demo else "",
+            "ONLINE_EVAL_PORT": self.online_eval_port,
             "PYTHON": sys.executable,
             "NGINX_PORT": self.nginx_port,
             **{k: self.env.get(k, v) for k, v in DEMO_DEFAULTS.items()},

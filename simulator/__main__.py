@@ -23,6 +23,23 @@ from simulator.population import Population, run_traffic
 from simulator.world import World
 
 
+def _sinks(specs: str, topic: str | None) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """Every line to each of the comma-separated sinks (e.g. `kafka,file:events.log`)."""
+    pairs = [_sink(spec.strip(), topic) for spec in specs.split(",") if spec.strip()]
+    if len(pairs) == 1:
+        return pairs[0]
+
+    def emit(line: str) -> None:
+        for one, _ in pairs:
+            one(line)
+
+    def close() -> None:
+        for _, done in pairs:
+            done()
+
+    return emit, close
+
+
 def _sink(spec: str, topic: str | None) -> tuple[Callable[[str], None], Callable[[], None]]:
     """(emit, close) for `-` (stdout), `file:PATH` (append) or `kafka`."""
     if spec in ("-", "stdout"):
@@ -75,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
         sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     traffic = sub.choices["traffic"]
-    traffic.add_argument("--out", default="-", help="event log: -, file:PATH or kafka")
+    traffic.add_argument("--out", default="-", help="event log: -, file:PATH, kafka, or several: kafka,file:PATH")
     traffic.add_argument("--topic", default=None, help="Kafka topic (default KAFKA_TOPIC)")
     traffic.add_argument("--max-sessions", type=int, default=None, help="stop after this many sessions")
     traffic.add_argument("--new-user-share", type=float, default=0.05, help="share of never-seen users")
@@ -94,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     world = World.generate(seed=args.world_seed)
     if args.mode == "traffic":
-        emit, close = _sink(args.out, args.topic)
+        emit, close = _sinks(args.out, args.topic)
         population = Population(world, seed=args.seed, new_user_share=args.new_user_share)
         try:
             summary = run_traffic(

@@ -72,6 +72,22 @@ def test_the_loop_retrains_from_the_simulated_stream_and_promotes_the_new_versio
     assert _head(ROOT) == checkout_head
 
 
+def test_online_evaluation_of_the_simulated_users_reaches_prometheus(demo):
+    env, _, _ = demo
+    stack = Stack.from_env(env, demo=True)
+    series: list = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and not series:
+        resp = requests.get(f"{stack.prometheus_url}/api/v1/query", params={"query": "online_eval_lists > 0"},
+                            timeout=5)
+        series = resp.json()["data"]["result"]
+        time.sleep(2)
+    assert series, (stack.log_dir / "online_eval.log").read_text()[-2000:]
+    # lists are attributed to the model version and slot that served them (provenance join)
+    labels = {(s["metric"]["version"], s["metric"]["slot"]) for s in series}
+    assert any(version.isdigit() and slot in {"stable_1", "stable_2", "canary"} for version, slot in labels), labels
+
+
 def test_down_stops_the_demo_programs_and_the_broker(demo):
     env, _, _ = demo
     stack = Stack.from_env(env, demo=True)
