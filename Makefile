@@ -34,8 +34,10 @@ coverage: venv sysdeps
 bench: venv sysdeps
 	$(PY) -m bench
 
+# DEMO=0 brings the platform up without the demo loop (Kafka, simulator, scheduler).
+DEMO ?= 1
 up: venv sysdeps
-	$(PY) -m ops.stack up --demo
+	$(PY) -m ops.stack up $(if $(filter 1,$(DEMO)),--demo)
 
 down:
 	$(PY) -m ops.stack down
