@@ -165,7 +165,7 @@ class Recommender:
 
         movie_attrs = _movie_attributes(movies, movie_ids)
         age, gender, extra = _user_attributes(users, user_ids)
-        cold = _cold_orders(user_items, user_ids, users, movie_attrs, gm, p)
+        cold = _cold_orders(user_items, gender, movie_attrs, gm, p)
         return cls(
             user_ids=user_ids,
             movie_ids=movie_ids,
@@ -438,8 +438,7 @@ def _gender(value: object) -> str:
 
 def _cold_orders(
     user_items: sparse.csr_matrix,
-    user_ids: np.ndarray,
-    users: pd.DataFrame | None,
+    genders: np.ndarray,
     movie_attrs: pd.DataFrame,
     global_mean: float,
     p: dict[str, Any],
@@ -456,7 +455,6 @@ def _cold_orders(
         m = float(np.quantile(vc[have_imdb], float(p["imdb_min_votes_quantile"]))) or 1.0
         wr = (vc / (vc + m)) * np.nan_to_num(va, nan=c) + (m / (vc + m)) * c
         imdb = np.where(have_imdb, 1.0 + 4.0 * wr / 10.0, np.nan)
-    _, genders, _ = _user_attributes(users, user_ids)
     prior = float(p["gender_prior_votes"])
     pop = np.asarray((user_items != 0).sum(axis=0)).ravel().astype(float)
     orders: dict[str, np.ndarray] = {}

@@ -330,7 +330,11 @@ class ProvenanceWriter:
                     cur.executemany(INSERT_SQL, params)
                 return
             except pymysql.err.DataError:
-                self._insert_one_by_one(conn, params)
+                try:
+                    self._insert_one_by_one(conn, params)
+                except (pymysql.err.MySQLError, OSError) as exc:  # lost mid-way: spool the batch, never drop it
+                    self._drop_connection()
+                    raise _Outage(_describe(exc)) from exc
                 return
             except (pymysql.err.MySQLError, OSError) as exc:
                 self._drop_connection()

@@ -77,7 +77,7 @@ class Viewing:
     start: float
     minutes: set[int] = field(default_factory=set)
     rating: int | None = None
-    rated_at: float = math.inf
+    rated_at: float = -math.inf
 
 
 @dataclass
@@ -170,7 +170,7 @@ def evaluate_lists(
             v.minutes.add(event.minute)
         elif isinstance(event, RateEvent):
             v = viewings[event.user_id].setdefault(event.movie_id, Viewing(start=ts))
-            if ts <= v.rated_at or v.rating is None:
+            if ts >= v.rated_at:  # the latest rating wins, as in the cleaned tables
                 v.rating, v.rated_at = event.rating, ts
     runtimes = runtimes or {}
     outcomes = []
@@ -179,7 +179,7 @@ def evaluate_lists(
         positions = {m: i for i, m in enumerate(rec.movies)}
         best, hit, rated = 0.0, False, []
         for movie, v in viewings.get(rec.user_id, {}).items():
-            if not (t <= v.start <= t + window_s):
+            if not v.minutes or not (t <= v.start <= t + window_s):  # a rating alone is not a viewing
                 continue
             pos = positions.get(movie)
             runtime = runtimes.get(movie) or max(DEFAULT_RUNTIME_MIN, len(v.minutes))
@@ -302,9 +302,14 @@ def main(args: argparse.Namespace) -> int:
     start_http_server(args.serve, addr="127.0.0.1")
     log.info("serving online evaluation gauges", extra=kv(port=args.serve, every_s=args.every))
     while True:
+        for gauge in gauges.values():
+            gauge.clear()  # a (version, slot) no longer in the log window leaves no stale series
         for (version, slot), m in summary.items():
             for name, gauge in gauges.items():
                 gauge.labels(version=version, slot=slot).set(m[name])
         time.sleep(args.every)
-        summary = _compute(args)
+        try:
+            summary = _compute(args)
+        except Exception:  # a rotated log, a bad line of code: keep the last figures and try again
+            log.exception("online evaluation refresh failed; keeping the last figures")
 

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,11 +133,16 @@ def run(args: Sequence[str], cwd: Path, timeout: float = COMMAND_TIMEOUT_S) -> s
         done = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VersionError(f"`{' '.join(args[:3])}` could not run: {exc}") from exc
+        raise VersionError(_redact(f"`{' '.join(args[:3])}` could not run: {exc}")) from exc
     if done.returncode != 0:
         tail = (done.stderr.strip() or done.stdout.strip())[-600:]
-        raise VersionError(f"`{' '.join(args[:4])}` failed (exit {done.returncode}): {tail}")
+        raise VersionError(_redact(f"`{' '.join(args[:4])}` failed (exit {done.returncode}): {tail}"))
     return done.stdout
+
+
+def _redact(message: str) -> str:
+    """Credentials in remote URLs (`https://user:token@host/...`) never reach logs or notices."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", message)
 
 
 def git(layout: Layout, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
@@ -428,8 +434,8 @@ def create_version(
         t0 = time.perf_counter()
         _install_tables(Path(staged_data), layout.data_dir, backup, undo)
         bundle.parent.mkdir(parents=True, exist_ok=True)
+        undo.push(f"models/{version}", lambda: shutil.rmtree(bundle, ignore_errors=True))  # also a partial move
         shutil.move(str(staged_bundle), str(bundle))
-        undo.push(f"models/{version}", lambda: shutil.rmtree(bundle, ignore_errors=True))
         if data_checksum(layout.data_dir) != checksum:
             raise VersionError("data/ does not hold the staged tables after installing them")
         timed("install", t0)

@@ -93,3 +93,11 @@ def test_groups_are_kept_apart_by_server():
     summary = report(lines, ServerAttributor(), {"m0+2000": 10.0})
     assert summary[("unknown", "a:1")]["hit_rate"] == 0.0
     assert summary[("unknown", "b:1")]["hit_rate"] == 1.0
+
+
+def test_the_latest_rating_counts_and_a_rating_without_watching_is_no_hit():
+    lines = [reco(1), *watch(1, "m0+2000", 10), "2026-11-24T10:12:00,1,GET /rate/m0+2000=2",
+             "2026-11-24T10:13:00,1,GET /rate/m0+2000=4", reco(2), "2026-11-24T10:02:00,2,GET /rate/m1+2000=5"]
+    m = report(lines, ServerAttributor(), {"m0+2000": 10.0})[("unknown", "s:1")]
+    assert m["avg_rating"] == 4.0  # user 1's latest rating
+    assert m["hit_rate"] == 0.5  # user 2 only rated: not a viewing

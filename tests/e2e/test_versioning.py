@@ -128,3 +128,11 @@ def test_promotion_commits_version_txt(pipeline_repo: PipelineRepo, mysql_settin
     assert repo.commits()[0] == "version 1 promoted to stable"
     assert repo.git("show", "HEAD:version.txt").strip() == "1"
     assert repo.git("status", "--porcelain", "--", "version.txt").strip() == ""
+
+
+def test_credentials_in_a_remote_url_never_reach_an_error_message(tmp_path):
+    from auto_deployment.version import VersionError, run
+
+    with pytest.raises(VersionError) as info:
+        run(["git", "push", "-q", "https://bot:s3cr3t-token@127.0.0.1:9/none.git", "main"], cwd=tmp_path, timeout=30)
+    assert "s3cr3t-token" not in str(info.value) and "***@" in str(info.value)
