@@ -34,6 +34,8 @@ CONF="$DIR/server.properties"
 
 say() { echo "kafka: $*"; }
 die() { echo "kafka: $*" >&2; exit 1; }
+# shellcheck source=ops/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
 
 pom_stamp() { sha256sum "$POM" | cut -d' ' -f1; }
 
@@ -91,7 +93,6 @@ running_pid() {
   echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 write_config() {
   mkdir -p "$DIR/data"
@@ -207,28 +208,7 @@ start() {
   done
 }
 
-stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    rm -f "$PIDFILE"
-    say "not running"
-    return 0
-  fi
-  kill -TERM "$pid"
-  local waited=0
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$waited" -ge $((STOP_TIMEOUT * 5)) ]; then
-      say "no clean shutdown after ${STOP_TIMEOUT} s: SIGKILL $pid"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-      break
-    fi
-    sleep 0.2
-    waited=$((waited + 1))
-  done
-  rm -f "$PIDFILE"
-  say "stopped (pid $pid)"
-}
+stop() { stop_by_pidfile; }
 
 status() {
   local pid

@@ -46,6 +46,8 @@ fi
 
 say() { echo "mariadb: $*"; }
 die() { echo "mariadb: $*" >&2; exit 1; }
+# shellcheck source=ops/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
 
 # The pid of this run dir's server if that process still runs (and really is our server), else nothing.
 running_pid() {
@@ -58,7 +60,6 @@ running_pid() {
   echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # SQL string literal: backslashes and quotes doubled.
 sql_quote() {
@@ -186,28 +187,7 @@ start() {
   done
 }
 
-stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    rm -f "$PIDFILE"
-    say "not running"
-    return 0
-  fi
-  kill -TERM "$pid"
-  local waited=0
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$waited" -ge $((STOP_TIMEOUT * 10)) ]; then
-      say "no clean shutdown after ${STOP_TIMEOUT} s: SIGKILL $pid"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-      break
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  rm -f "$PIDFILE"
-  say "stopped (pid $pid)"
-}
+stop() { stop_by_pidfile; }
 
 status() {
   local pid
