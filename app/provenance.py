@@ -15,8 +15,8 @@ directly, so rows reach MySQL in the order they were submitted.
 Why this is crash-safe
     A row is in exactly one of three places: the in-memory queue, a spool file on disk (fsync'd
     before the batch counts as spooled), or MySQL. A spool file is deleted only after all its rows
-    were inserted. Replaying is idempotent: ``request_id`` is UNIQUE and every insert is ``INSERT
-    IGNORE``, so a batch that reached MySQL but whose acknowledgement was lost (a timeout, a crash
+    were inserted. Replaying is idempotent: ``row_id`` (one per served answer) is UNIQUE and every
+    insert is ``INSERT IGNORE``, so a batch that reached MySQL but whose acknowledgement was lost (a timeout, a crash
     between insert and delete) is simply ignored the second time - exactly once, never twice.
     Files left by a process that died are replayed by the next writer that starts (or scans, every
     ``scan_interval_s``) on the same spool directory. Each live writer holds an ``flock`` on its own
@@ -64,7 +64,7 @@ from app.settings import MySQL
 
 log = logging.getLogger("provenance")
 
-COLUMNS = ("request_id", "served_at_ms", "user_id", "version_number", "slot", "host", "latency_ms", "movies")
+COLUMNS = ("row_id", "request_id", "served_at_ms", "user_id", "version_number", "slot", "host", "latency_ms", "movies")
 INSERT_SQL = f"INSERT IGNORE INTO reccom ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 SPOOL_SUFFIX = ".jsonl"
 
@@ -92,6 +92,8 @@ def normalise(row: dict[str, Any]) -> dict[str, Any] | None:
             movies = ",".join(str(m) for m in movies)
         latency = row.get("latency_ms")
         out = {
+            # a spool written before rows had their own id used the request id as the key
+            "row_id": str(row.get("row_id") or row["request_id"]),
             "request_id": str(row["request_id"]),
             "served_at_ms": int(row["served_at_ms"]),
             "user_id": int(row["user_id"]),
@@ -103,7 +105,7 @@ def normalise(row: dict[str, Any]) -> dict[str, Any] | None:
         }
     except (KeyError, TypeError, ValueError):
         return None
-    if not 0 < len(out["request_id"]) <= 64 or out["version_number"] < 0:
+    if not 0 < len(out["request_id"]) <= 64 or not 0 < len(out["row_id"]) <= 64 or out["version_number"] < 0:
         return None
     return out
 

@@ -116,6 +116,7 @@ class Runtime:
             self.metrics.provenance_event("dropped", 1)
             return
         row = {
+            "row_id": uuid.uuid4().hex,  # the request id may come from a client and repeat; the answer is new
             "request_id": g.request_id,
             "served_at_ms": started_ms,
             "user_id": user_id,

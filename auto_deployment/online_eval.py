@@ -13,6 +13,10 @@ Each `recommendation request` line is joined with the same user's later watch an
 Which version and slot served a list is not in the log line; it is in the provenance table
 (`reccom`): a list is attributed to the row of the same user with the same movies served within a
 few seconds. Without MySQL, lists are grouped by the `<server>` field of the line.
+
+A list is evaluated only once the log has moved `settle_s` past it: its provenance row is written
+in a batch a moment after the answer, and its user has not had time to react yet. Counting it
+earlier would report it as unattributed and unwatched.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ log = logging.getLogger("online_eval")
 
 WINDOW_S = 15 * 60.0  # a watch counts for a list when it starts within this long after the list
 DEFAULT_RUNTIME_MIN = 100.0
+SETTLE_S = 10.0  # lists younger than this (against the newest event in the log) wait for the next refresh
 
 
 def rank_score(position: int | None) -> float:
@@ -155,12 +160,15 @@ def evaluate_lists(
     events: Iterable[RecommendationEvent | WatchEvent | RateEvent],
     runtimes: dict[str, float] | None = None,
     window_s: float = WINDOW_S,
+    settle_s: float = SETTLE_S,
 ) -> tuple[list[RecommendationEvent], list[ListOutcome]]:
-    """Join every served list with the same user's later viewings; one outcome per served list."""
+    """Join every settled list with the same user's later viewings; one outcome per list."""
     recs: list[RecommendationEvent] = []
     viewings: dict[int, dict[str, Viewing]] = defaultdict(dict)
+    newest = -math.inf
     for event in events:
         ts = _ts(event.time)
+        newest = max(newest, ts)
         if isinstance(event, RecommendationEvent):
             if event.status == 200 and event.movies:
                 recs.append(event)
@@ -173,6 +181,7 @@ def evaluate_lists(
             if ts >= v.rated_at:  # the latest rating wins, as in the cleaned tables
                 v.rating, v.rated_at = event.rating, ts
     runtimes = runtimes or {}
+    recs = [r for r in recs if _ts(r.time) <= newest - settle_s]
     outcomes = []
     for rec in recs:
         t = _ts(rec.time)
@@ -212,8 +221,8 @@ def summarise(groups: list[tuple[str, str]], outcomes: list[ListOutcome]) -> dic
 
 
 def report(lines: Iterable[str], attributor: Attributor, runtimes: dict[str, float] | None = None,
-           window_s: float = WINDOW_S) -> dict[tuple[str, str], dict]:
-    recs, outcomes = evaluate_lists(read_events(lines), runtimes, window_s)
+           window_s: float = WINDOW_S, settle_s: float = SETTLE_S) -> dict[tuple[str, str], dict]:
+    recs, outcomes = evaluate_lists(read_events(lines), runtimes, window_s, settle_s)
     return summarise(attributor.attribute(recs), outcomes)
 
 
@@ -246,6 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="movies table for runtimes (default data/)")
     parser.add_argument("--no-provenance", action="store_true", help="group by server field, not by version")
     parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds after a list a watch counts")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help="seconds the log must move past a list before it is evaluated")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--serve", type=int, default=None, metavar="PORT",
                         help="keep running: expose gauges on this port for Prometheus, refreshed every --every s")
@@ -259,13 +270,13 @@ def _compute(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
     runtimes = load_runtimes(args.data_dir or Paths.from_env().data_dir)
     with _tail(args.log, args.tail_mb) as fh:
         try:
-            return report(fh, attributor, runtimes, args.window)
+            return report(fh, attributor, runtimes, args.window, args.settle)
         except Exception as exc:  # MySQL unreachable: say so, fall back to the server field
             if isinstance(attributor, ServerAttributor):
                 raise
             log.warning("provenance unreachable; grouping by server", extra=kv(error=exc))
     with _tail(args.log, args.tail_mb) as fh:
-        return report(fh, ServerAttributor(), runtimes, args.window)
+        return report(fh, ServerAttributor(), runtimes, args.window, args.settle)
 
 
 def _tail(path: Path, megabytes: float):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -314,3 +315,18 @@ def test_two_writers_starting_on_one_spool_replay_each_file_once(mysql_settings:
     assert sorted(got) == sorted(f"{tag}{i:06d}" for tag in "xyz" for i in range(200))
     assert events.counts["written"] == 600  # a file replayed by both would count twice
     assert spool_files(mysql_settings) == []
+
+
+def test_a_replayed_spool_keeps_each_answer_once_even_under_one_request_id(mysql_settings: MySQL) -> None:
+    # two answers share a client's request id (two rows), and the spool holding them is replayed twice
+    # (a crash between the insert and the file's deletion): the row id keeps each answer exactly once
+    rows = [{**make_row("r", i), "request_id": "client-id-1", "row_id": uuid.uuid4().hex} for i in range(2)]
+    rows.append(make_row("legacy", 3))  # a spool line written before rows had a row id
+    spool = Path(mysql_settings.spool_dir)
+    spool.mkdir(parents=True, exist_ok=True)
+    payload = "".join(json.dumps(r) + "\n" for r in rows)
+    for attempt in range(2):
+        (spool / f"{time.time_ns()}-gone-999999-t{attempt}.jsonl").write_text(payload)
+        ProvenanceWriter(mysql_settings).start().close()
+        assert spool_files(mysql_settings) == []
+        assert [r for r, _ in stored(mysql_settings)] == [r["request_id"] for r in rows]

@@ -101,3 +101,14 @@ def test_the_latest_rating_counts_and_a_rating_without_watching_is_no_hit():
     m = report(lines, ServerAttributor(), {"m0+2000": 10.0})[("unknown", "s:1")]
     assert m["avg_rating"] == 4.0  # user 1's latest rating
     assert m["hit_rate"] == 0.5  # user 2 only rated: not a viewing
+
+
+def test_a_list_the_log_has_not_moved_past_waits_for_the_next_refresh():
+    # its provenance row may not be written yet and its user has not reacted: counting it now
+    # would report an unattributed, unwatched list
+    young = "2026-11-24T10:09:55"
+    lines = [reco(1), *watch(1, "m0+2000", 10), reco(2, when=young)]  # newest event: 10:10:00
+    m = report(lines, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10)[("unknown", "s:1")]
+    assert m["lists"] == 1 and m["hit_rate"] == 1.0
+    later = [*lines, "2026-11-24T10:10:06,2,GET /data/m/m5+2000/0.mpg"]
+    assert report(later, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10)[("unknown", "s:1")]["lists"] == 2

@@ -75,17 +75,23 @@ def test_the_loop_retrains_from_the_simulated_stream_and_promotes_the_new_versio
 def test_online_evaluation_of_the_simulated_users_reaches_prometheus(demo):
     env, _, _ = demo
     stack = Stack.from_env(env, demo=True)
+
+    def attributed(series: list) -> set[tuple[str, str]]:
+        """(version, slot) of the series that the provenance join attributed to a serving slot."""
+        return {(s["metric"]["version"], s["metric"]["slot"]) for s in series
+                if s["metric"]["version"].isdigit() and s["metric"]["slot"] in {"stable_1", "stable_2", "canary"}}
+
     series: list = []
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline and not series:
+    deadline = time.monotonic() + 150  # the gauges refresh every 30 s
+    while time.monotonic() < deadline and not attributed(series):
         resp = requests.get(f"{stack.prometheus_url}/api/v1/query", params={"query": "online_eval_lists > 0"},
                             timeout=5)
         series = resp.json()["data"]["result"]
         time.sleep(2)
-    assert series, (stack.log_dir / "online_eval.log").read_text()[-2000:]
+    tail = (stack.log_dir / "online_eval.log").read_text()[-2000:]
+    assert series, tail
     # lists are attributed to the model version and slot that served them (provenance join)
-    labels = {(s["metric"]["version"], s["metric"]["slot"]) for s in series}
-    assert any(version.isdigit() and slot in {"stable_1", "stable_2", "canary"} for version, slot in labels), labels
+    assert attributed(series), ({(s["metric"]["version"], s["metric"]["slot"]) for s in series}, tail)
 
 
 def test_down_stops_the_demo_programs_and_the_broker(demo):
