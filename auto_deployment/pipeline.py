@@ -434,6 +434,7 @@ def notice(report: RunReport, metrics: dict[str, Any]) -> tuple[str, str, dict[s
     version_step = report.step("version")
     if version_step and version_step.status == "ok":
         fields["commit"] = version_step.details.get("commit", "")
+    fields.update(release_fields(report))
     if report.outcome in ("versioned", "released"):
         what = "promoted to stable" if report.outcome == "released" else "versioned (not released)"
         rmse = f"{report.rmse:.4f}" if report.rmse is not None else "?"
@@ -457,12 +458,30 @@ def notice(report: RunReport, metrics: dict[str, Any]) -> tuple[str, str, dict[s
     return subject, body, fields
 
 
+def release_fields(report: RunReport) -> dict[str, Any]:
+    """The canary release's outcome and figures, for the run's notice (the release itself sends none)."""
+    step = report.step("release")
+    if step is None or not step.details:
+        return {}
+    details = step.details
+    out: dict[str, Any] = {"release": details.get("outcome", step.status)}
+    if details.get("reason") and details["reason"] != report.reason:
+        out["release reason"] = details["reason"]
+    for slot in ("canary", "stable"):
+        figures = (details.get("figures") or {}).get(slot) or {}
+        for key in ("latency_ms", "error_ratio", "requests"):
+            if figures.get(key) is not None:
+                out[f"{slot} {key}"] = figures[key]
+    return out
+
+
 def run_release(version: int, observe_s: float | None, stop: threading.Event) -> dict[str, Any]:
     """The canary release of `version` by the release controller → {"outcome": promoted|aborted|failed, ...}."""
     from auto_deployment import release
 
     try:
-        result = release.release_version(version, observe_s=observe_s, stop=stop)
+        # one notice per run: the run's own, which carries the release's outcome and figures
+        result = release.release_version(version, observe_s=observe_s, stop=stop, notifier=release.HeldNotifier())
     except (release.ReleaseRefused, release.ReleaseLocked) as exc:
         return {"outcome": release.FAILED, "reason": f"release refused: {exc}"}
     return result.to_dict()

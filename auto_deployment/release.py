@@ -235,6 +235,17 @@ class Notifies(Protocol):
     def send(self, subject: str, body: str, fields: Mapping[str, object] | None = None) -> Delivery: ...
 
 
+class HeldNotifier:
+    """Sends nothing: the caller (a retraining run) tells the team once, release figures included.
+
+    Without it a run that releases its version would send two notices for one event.
+    """
+
+    def send(self, subject: str, body: str, fields: Mapping[str, object] | None = None) -> Delivery:
+        log.info("release notice held for the caller's notice", extra=kv(subject=subject))
+        return Delivery(skipped={"all": "held: the retraining run's notice covers this release"})
+
+
 class MySQLRecorder:
     """`releases` rows through `auto_deployment.schema` (admin account)."""
 
@@ -596,6 +607,7 @@ def build_controller(
     deploy_timeout_s: float | None = None,
     compose_hup: bool = False,
     notify: Notify | None = None,
+    notifier: Notifies | None = None,
     mysql: MySQL | None = None,
     stop: threading.Event | None = None,
 ) -> Controller:
@@ -606,7 +618,8 @@ def build_controller(
     paths = paths or Paths.from_env()
     deployer = build_deployer(runtime, slot_urls, paths, timeout_s=deploy_timeout_s, compose_hup=compose_hup)
     metrics = Prometheus(prometheus_url or Monitoring.from_env().prometheus_url)
-    return Controller(deployer, metrics, Notifier(notify), MySQLRecorder(mysql), paths, gate, stop=stop)
+    notifier = notifier or Notifier(notify)
+    return Controller(deployer, metrics, notifier, MySQLRecorder(mysql), paths, gate, stop=stop)
 
 
 def release_version(

@@ -300,9 +300,12 @@ def test_accepted_run_is_released_by_the_canary_and_promoted(
         with _environment(native.env):
             db = MySQL.from_env()
         assert [r["version_number"] for r in tracking_rows(db)] == [1, 2]
-        subjects = [m["Subject"] for m in smtp_receiver.messages]
-        assert any("model version 2 promoted to stable" in s for s in subjects)  # the pipeline's notice
-        assert len(slack_receiver.posts) >= 2  # the release controller's and the pipeline's
+        # one notice for one event: the run's, carrying the canary's figures (the release's own is held)
+        [mail] = smtp_receiver.messages
+        assert "model version 2 promoted to stable" in mail["Subject"]
+        assert "release: promoted" in mail.get_content() and "canary latency_ms:" in mail.get_content()
+        [post] = slack_receiver.posts
+        assert "model version 2 promoted to stable" in post["text"] and "canary requests:" in post["text"]
     finally:
         native.ops("down")
 
