@@ -2,14 +2,16 @@
 
 Measured side by side in one run, on the default world's model (2,000 users × 1,500 movies):
 
-* throughput (wrk, closed loop, `BENCH_WRK_SECONDS` each): `/health` (the framework floor),
-  `/recommend` with provenance on, `/recommend` with provenance off (a fourth server on the same
-  bundle with `MOVIEREC_PROVENANCE=0`), and `/recommend` through NGINX;
+* throughput (wrk, closed loop, `BENCH_WRK_SECONDS` each): `/health` (the framework floor) and
+  `/recommend` of the same slot, `/recommend` on two twin servers outside the stack that differ only
+  in provenance (on / off), and `/recommend` through NGINX;
 * the service bar (open loop at `BENCH_RATE` requests/s for `BENCH_SECONDS`, the simulator's load
-  mode, latency counted from the scheduled send time): p50/p99 and errors, direct and through NGINX;
+  mode, latency counted from the scheduled send time): p50/p99 and errors, direct, direct with
+  provenance off, and through NGINX;
 * memory per worker (peak RSS, and PSS: shared pages counted once per sharer).
 
-wrk and the servers share the machine's two cores, so the throughput figures are a floor.
+wrk, the servers and MariaDB share the machine's two cores, so the throughput figures are a floor,
+and the closed-loop cost of provenance includes MariaDB's own CPU (its share is printed beside it).
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ def _memory(pid: int) -> tuple[float, float]:
     return hwm, pss
 
 
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when it is gone."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -113,7 +126,7 @@ def run() -> str:
     rate = float(os.environ.get("BENCH_RATE", "200"))
     seconds = float(os.environ.get("BENCH_SECONDS", "60"))
     base = Path(tempfile.mkdtemp(prefix="movierec-bench-"))
-    ports = _free_ports(9)
+    ports = _free_ports(10)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "PROMETHEUS_", "MYSQL_"))}
     env.update(
         PYTHONPATH=str(ROOT), MOVIEREC_RUN_DIR=str(base / "run"), MOVIEREC_DATA_DIR=str(base / "data"),
@@ -124,46 +137,59 @@ def run() -> str:
     up = subprocess.run([sys.executable, "-m", "ops.stack", "up"], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=900)
     stack = Stack.from_env(env)
-    noprov = None
+    twins: list[subprocess.Popen] = []
     try:
         if up.returncode != 0:
             return f"bench server: the stack did not come up:\n{up.stdout}{up.stderr}\n"
-        noprov_url = f"http://127.0.0.1:{ports[8]}"
-        (base / "noprov-metrics").mkdir(exist_ok=True)
-        noprov = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "app" / "gunicorn.conf.py"),
-             "app:create_app()"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env={**stack.env, "MOVIEREC_SLOT": "stable_1", "MOVIEREC_PORT": str(ports[8]),
-                 "MOVIEREC_HOST": "127.0.0.1", "MOVIEREC_PROVENANCE": "0",
-                 "MOVIEREC_POINTER": str(stack.pointer("stable_1")),
-                 "PROMETHEUS_MULTIPROC_DIR": str(base / "noprov-metrics")},
-        )
-        _wait_ready(noprov_url)
+        # Twin servers outside the stack (same bundle, not scraped, not behind NGINX) that differ only
+        # in provenance: the on/off ratio compares like with like.
+        twin_urls = {}
+        for name, port, provenance in (("prov-on", ports[8], "1"), ("prov-off", ports[9], "0")):
+            (base / f"{name}-metrics").mkdir(exist_ok=True)
+            twins.append(subprocess.Popen(
+                [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "app" / "gunicorn.conf.py"),
+                 "app:create_app()"],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                env={**stack.env, "MOVIEREC_SLOT": "stable_1", "MOVIEREC_PORT": str(port),
+                     "MOVIEREC_HOST": "127.0.0.1", "MOVIEREC_PROVENANCE": provenance,
+                     "MOVIEREC_POINTER": str(stack.pointer("stable_1")),
+                     "MOVIEREC_SPOOL_DIR": str(base / f"{name}-spool"),
+                     "PROMETHEUS_MULTIPROC_DIR": str(base / f"{name}-metrics")},
+            ))
+            twin_urls[name] = f"http://127.0.0.1:{port}"
+            _wait_ready(twin_urls[name])
         script = base / "users.lua"
         script.write_text(WRK_SCRIPT)
         direct = stack.slot_url("stable_1")
         rows = []
         closed = [
             ("/health (framework floor)", f"{direct}/health", None),
-            ("/recommend, provenance on", f"{direct}/recommend/1", script),
-            ("/recommend, provenance off", f"{noprov_url}/recommend/1", script),
+            ("/recommend", f"{direct}/recommend/1", script),
+            ("/recommend, twin with provenance on", f"{twin_urls['prov-on']}/recommend/1", script),
+            ("/recommend, twin with provenance off", f"{twin_urls['prov-off']}/recommend/1", script),
             ("/recommend through NGINX (3 slots)", f"{stack.nginx_url}/recommend/1", script),
         ]
         results = {}
+        mariadb_pid = int((stack.run_dir / "mariadb" / "mariadb.pid").read_text().split()[0])
         for name, url, lua in closed:
+            cpu_before = _cpu_s(mariadb_pid)
             results[name] = r = wrk(url, wrk_s, lua)
-            rows.append([name, r["rps"], r["p50"], r["p99"], r["errors"]])
+            db_share = (_cpu_s(mariadb_pid) - cpu_before) / (wrk_s * (os.cpu_count() or 1))
+            rows.append([name, r["rps"], r["p50"], r["p99"], r["errors"], 100.0 * db_share])
         floor = results["/health (framework floor)"]["rps"]
-        on, off = results["/recommend, provenance on"]["rps"], results["/recommend, provenance off"]["rps"]
+        served = results["/recommend"]["rps"]
+        on = results["/recommend, twin with provenance on"]["rps"]
+        off = results["/recommend, twin with provenance off"]["rps"]
         table = render(
             f"Serving throughput, closed loop (wrk -t2 -c16, {wrk_s} s each, random users 1..2100)",
-            ["endpoint", "req/s", "p50 ms", "p99 ms", "errors"], rows,
-            note=f"recommend / health throughput ratio: {on / floor:.2f}; provenance on / off: {on / off:.2f}",
+            ["endpoint", "req/s", "p50 ms", "p99 ms", "errors", "MariaDB CPU %"], rows,
+            note=f"recommend / health throughput ratio: {served / floor:.2f}; provenance on / off: {on / off:.2f} "
+                 "(MariaDB CPU %: its share of this machine's cores during the run, taken from the server)",
         )
         users = list(range(1, 2101))
         open_rows = []
-        for name, url in (("inference server alone", direct), ("through NGINX", stack.nginx_url)):
+        for name, url in (("inference server alone", direct), ("twin with provenance off", twin_urls["prov-off"]),
+                          ("through NGINX", stack.nginx_url)):
             s = run_load(url, users, rate, seconds, concurrency=32, seed=3, progress=False)
             d = s.as_dict()
             open_rows.append([name, d["requests"], d["rps"], d["p50_ms"], d["p99_ms"], d["max_ms"],
@@ -182,9 +208,9 @@ def run() -> str:
         table += "\n" + render("Memory per Gunicorn worker (MB)", ["process", "peak RSS", "PSS"], mem_rows)
         return table
     finally:
-        if noprov is not None:
-            os.killpg(noprov.pid, 15)
-            noprov.wait(timeout=30)
+        for twin in twins:
+            os.killpg(twin.pid, 15)
+            twin.wait(timeout=30)
         subprocess.run([sys.executable, "-m", "ops.stack", "down"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
         shutil.rmtree(base, ignore_errors=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from app.settings import Kafka, Monitoring
 from simulator.load import ensure_loopback, run_load
 from simulator.population import Population, run_traffic
-from simulator.world import World
+from simulator.world import World, movielens_world
 
 
 def _sinks(specs: str, topic: str | None) -> tuple[Callable[[str], None], Callable[[], None]]:
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--url", default=default_url, help="platform base URL (NGINX)")
         sp.add_argument("--seed", type=int, default=0, help="seed of every choice")
+        sp.add_argument("--world", choices=("generated", "movielens"), default="generated",
+                        help="whose users play: the seeded world's, or MovieLens-100k's with fitted tastes "
+                             "(serve a model trained on MovieLens for that)")
         sp.add_argument("--world-seed", type=int, default=0, help="seed of the world (must match the data)")
         sp.add_argument("--rate", type=float, default=20.0, help="sessions or requests per second")
         sp.add_argument("--duration", type=float, default=60.0, help="seconds to run (bounded)")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
-    world = World.generate(seed=args.world_seed)
+    world = movielens_world(seed=args.world_seed) if args.world == "movielens" else World.generate(seed=args.world_seed)
     if args.mode == "traffic":
         emit, close = _sinks(args.out, args.topic)
         population = Population(world, seed=args.seed, new_user_share=args.new_user_share)

@@ -216,6 +216,74 @@ class World:
                                              seconds=round(time.perf_counter() - started, 3)))
         return world
 
+    @classmethod
+    def fit(
+        cls,
+        users: pd.DataFrame,
+        movies: pd.DataFrame,
+        ratings: pd.DataFrame,
+        seed: int = 0,
+        n_factors: int = 8,
+        reg: float = 3.0,
+        epochs: int = 15,
+        **knobs: float,
+    ) -> World:
+        """A world whose hidden tastes are fitted to real ratings (MovieLens), so the simulator can play its users.
+
+        Real data has no ground truth, so the fitted model stands in for it: ratings are mapped to
+        the logit scale of ``true_rating`` and a biased matrix factorisation is fitted by
+        alternating least squares (``epochs`` rounds, ridge ``reg``). Users and movies keep their
+        ids and attributes; popularity is the number of ratings; a missing runtime is drawn around
+        110 minutes; ``rating_noise`` is the fit's residual, so simulated ratings are as noisy as the
+        real ones. Deterministic given the tables and ``seed``.
+        """
+        started = time.perf_counter()
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x666974]))
+        users = users.reset_index(drop=True).copy()
+        movies = movies.reset_index(drop=True).copy()
+        uidx = {int(u): i for i, u in enumerate(users["user_id"].to_numpy())}
+        midx = {str(m): j for j, m in enumerate(movies["movie_id"].astype(str).to_numpy())}
+        ui = ratings["user_id"].astype("int64").map(uidx)
+        mj = ratings["movie_id"].astype(str).map(midx)
+        known = ui.notna() & mj.notna()
+        ui, mj = ui[known].to_numpy(np.int64), mj[known].to_numpy(np.int64)
+        r = ratings["rating"].to_numpy(float)[known.to_numpy()]
+        if len(r) == 0:
+            raise ValueError("no rating of a known user and movie to fit tastes to")
+        p = np.clip((r - 1.0) / 4.0, 0.06, 0.94)
+        y = np.log(p / (1.0 - p))
+        n_users, n_movies, d = len(users), len(movies), n_factors
+        mu = float(y.mean())
+        user_f = rng.normal(0.0, 0.1, (n_users, d))
+        movie_f = rng.normal(0.0, 0.1, (n_movies, d))
+        bu, bi = np.zeros(n_users), np.zeros(n_movies)
+        for _ in range(epochs):
+            user_f, bu = _ridge_rows(ui, movie_f[mj], y - mu - bi[mj], n_users, reg)
+            movie_f, bi = _ridge_rows(mj, user_f[ui], y - mu - bu[ui], n_movies, reg)
+        # World computes taste as user·movie / sqrt(d): store the factors scaled so the product is the fit's
+        scale = d ** 0.25
+        z = mu + bu[ui] + bi[mj] + np.einsum("ij,ij->i", user_f[ui], movie_f[mj])
+        residual = float(np.sqrt(np.mean((r - (1.0 + 4.0 / (1.0 + np.exp(-z)))) ** 2)))
+        if "runtime" not in movies or movies["runtime"].isna().any():
+            drawn = np.clip(np.rint(rng.normal(110.0, 20.0, n_movies)), 60, 200)
+            runtime = movies["runtime"] if "runtime" in movies else pd.Series(np.nan, index=movies.index)
+            movies["runtime"] = runtime.fillna(pd.Series(drawn, index=movies.index)).astype(float)
+        if "adult" not in movies:
+            movies["adult"] = False
+        n_genres = len(GENRES)
+        knobs = {"mu": mu, "rating_noise": residual, **knobs}
+        world = cls(
+            seed=int(seed), users=users, movies=movies, user_cluster=np.zeros(n_users, np.int64),
+            user_factors=user_f * scale, movie_factors=movie_f * scale,
+            user_genre=np.zeros((n_users, n_genres)), movie_genre=np.zeros((n_movies, n_genres)),
+            user_bias=bu, movie_quality=bi, log_popularity=np.log1p(np.bincount(mj, minlength=n_movies)),
+            **knobs,
+        )
+        log.info("world fitted to ratings", extra=kv(users=n_users, movies=n_movies, ratings=len(r),
+                                                     residual_rmse=round(residual, 3),
+                                                     seconds=round(time.perf_counter() - started, 3)))
+        return world
+
     # ------------------------------------------------------------------ hidden tastes
 
     def _taste(self, ui: np.ndarray, mj: np.ndarray) -> np.ndarray:
@@ -353,6 +421,26 @@ class World:
         log.info("history generated", extra=kv(seed=seed, ratings=len(ratings), watches=len(watches),
                                                seconds=round(time.perf_counter() - started, 3)))
         return ratings, watches
+
+
+def movielens_world(cache_dir: str | None = None, seed: int = 0) -> World:
+    """MovieLens-100k's users and movies (course-style ids) with tastes fitted to its ratings."""
+    from auto_deployment.datasets import movielens_100k  # lazy: that module imports this one
+
+    tables = movielens_100k(cache_dir)
+    return World.fit(tables.users, tables.movies, tables.ratings, seed=seed)
+
+
+def _ridge_rows(rows: np.ndarray, x: np.ndarray, t: np.ndarray, n: int, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row id, the ridge solution of t ≈ x·f + b (one batched solve): the factors f and the bias b."""
+    xa = np.hstack([x, np.ones((len(x), 1))])
+    k = xa.shape[1]
+    outer = (xa[:, :, None] * xa[:, None, :]).reshape(len(xa), k * k)
+    gram = np.stack([np.bincount(rows, weights=outer[:, c], minlength=n) for c in range(k * k)], axis=1)
+    gram = gram.reshape(n, k, k) + reg * np.eye(k)
+    rhs = np.stack([np.bincount(rows, weights=xa[:, c] * t, minlength=n) for c in range(k)], axis=1)
+    sol = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
+    return sol[:, :-1], sol[:, -1]
 
 
 # ---------------------------------------------------------------------- helpers of generate()
