@@ -14,9 +14,11 @@ Which version and slot served a list is not in the log line; it is in the proven
 (`reccom`): a list is attributed to the row of the same user with the same movies served within a
 few seconds. Without MySQL, lists are grouped by the `<server>` field of the line.
 
-A list is evaluated only once the log has moved `settle_s` past it: its provenance row is written
-in a batch a moment after the answer, and its user has not had time to react yet. Counting it
-earlier would report it as unattributed and unwatched.
+A list is evaluated only once it is `settle_s` old: its provenance row is written in a batch a
+moment after the answer, and its user has not had time to react yet. Counting it earlier would
+report it as unattributed and unwatched. "Old" is measured against the newest event of the log,
+and for a live log against the clock too: the simulator writes a session's watch lines at once,
+stamped with the minutes to come, so a live log's newest event lies in the future.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def evaluate_lists(
     runtimes: dict[str, float] | None = None,
     window_s: float = WINDOW_S,
     settle_s: float = SETTLE_S,
+    now: float | None = None,
 ) -> tuple[list[RecommendationEvent], list[ListOutcome]]:
     """Join every settled list with the same user's later viewings; one outcome per list."""
     recs: list[RecommendationEvent] = []
@@ -181,7 +184,8 @@ def evaluate_lists(
             if ts >= v.rated_at:  # the latest rating wins, as in the cleaned tables
                 v.rating, v.rated_at = event.rating, ts
     runtimes = runtimes or {}
-    recs = [r for r in recs if _ts(r.time) <= newest - settle_s]
+    reference = newest if now is None else min(newest, now)
+    recs = [r for r in recs if _ts(r.time) <= reference - settle_s]
     outcomes = []
     for rec in recs:
         t = _ts(rec.time)
@@ -221,8 +225,10 @@ def summarise(groups: list[tuple[str, str]], outcomes: list[ListOutcome]) -> dic
 
 
 def report(lines: Iterable[str], attributor: Attributor, runtimes: dict[str, float] | None = None,
-           window_s: float = WINDOW_S, settle_s: float = SETTLE_S) -> dict[tuple[str, str], dict]:
-    recs, outcomes = evaluate_lists(read_events(lines), runtimes, window_s, settle_s)
+           window_s: float = WINDOW_S, settle_s: float = SETTLE_S,
+           now: float | None = None) -> dict[tuple[str, str], dict]:
+    """Per (version, slot) figures of the settled lists (`now`: the clock, for a live log)."""
+    recs, outcomes = evaluate_lists(read_events(lines), runtimes, window_s, settle_s, now)
     return summarise(attributor.attribute(recs), outcomes)
 
 
@@ -270,13 +276,22 @@ def _compute(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
     runtimes = load_runtimes(args.data_dir or Paths.from_env().data_dir)
     with _tail(args.log, args.tail_mb) as fh:
         try:
-            return report(fh, attributor, runtimes, args.window, args.settle)
+            return report(fh, attributor, runtimes, args.window, args.settle, now=time.time())
         except Exception as exc:  # MySQL unreachable: say so, fall back to the server field
             if isinstance(attributor, ServerAttributor):
                 raise
             log.warning("provenance unreachable; grouping by server", extra=kv(error=exc))
     with _tail(args.log, args.tail_mb) as fh:
-        return report(fh, ServerAttributor(), runtimes, args.window, args.settle)
+        return report(fh, ServerAttributor(), runtimes, args.window, args.settle, now=time.time())
+
+
+def _log_refresh(summary: dict[tuple[str, str], dict]) -> None:
+    """One line per evaluation: how many lists, and how many the provenance join could not place."""
+    lists = sum(m["lists"] for m in summary.values())
+    unplaced = sum(m["lists"] for (version, _), m in summary.items() if version in ("unattributed", "unknown"))
+    log.info("online evaluation refreshed", extra=kv(
+        lists=lists, attributed=lists - unplaced, unattributed=unplaced,
+        groups=";".join(f"{v}/{s}={m['lists']}" for (v, s), m in summary.items())))
 
 
 def _tail(path: Path, megabytes: float):
@@ -295,6 +310,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"report online: no log at {args.log}", file=sys.stderr)
         return 2
     summary = _compute(args)
+    _log_refresh(summary)
     if args.serve is None:
         if args.json:
             print(json.dumps({f"{v}/{s}": m for (v, s), m in summary.items()}, indent=2))
@@ -321,6 +337,7 @@ def main(args: argparse.Namespace) -> int:
         time.sleep(args.every)
         try:
             summary = _compute(args)
+            _log_refresh(summary)
         except Exception:  # a rotated log, a bad line of code: keep the last figures and try again
             log.exception("online evaluation refresh failed; keeping the last figures")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from auto_deployment.online_eval import (
@@ -112,3 +114,14 @@ def test_a_list_the_log_has_not_moved_past_waits_for_the_next_refresh():
     assert m["lists"] == 1 and m["hit_rate"] == 1.0
     later = [*lines, "2026-11-24T10:10:06,2,GET /data/m/m5+2000/0.mpg"]
     assert report(later, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10)[("unknown", "s:1")]["lists"] == 2
+
+
+def test_a_live_log_settles_against_the_clock_not_its_future_watch_lines():
+    # the simulator writes a session's watch lines at once, stamped with the minutes to come: the
+    # newest event of a live log lies ahead of the clock and cannot say which lists are settled
+    lines = [reco(1), reco(2, when="2026-11-24T10:00:20"), *watch(2, "m0+2000", 10)]  # watches up to 10:10
+    now = datetime(2026, 11, 24, 10, 0, 25, tzinfo=UTC).timestamp()
+    m = report(lines, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10, now=now)[("unknown", "s:1")]
+    assert m["lists"] == 1 and m["hit_rate"] == 0.0  # user 2's list, 5 s old, waits
+    later = now + 10
+    assert report(lines, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10, now=later)[("unknown", "s:1")]["lists"] == 2
