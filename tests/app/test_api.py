@@ -290,6 +290,9 @@ def test_model_error_on_one_user_is_logged_and_answered_with_the_fallback_list(s
     broken = int(model.user_ids[5])
     model.rank_nb_idx = model.rank_nb_idx.copy()
     model.rank_nb_idx[5, 0] = 10**9  # an index past the end: recommend() raises IndexError
+    assert model.top_lists is not None
+    model.top_lists = model.top_lists.copy()
+    model.top_lists[5, 0] = 10**9  # the same in the list materialised at training, the path served
     model.metadata["version"] = 4
     model.save(tmp_path / "models" / "4")
     s = start_server(models_root=tmp_path / "models", version=4, workers=1)
