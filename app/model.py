@@ -397,8 +397,11 @@ class Recommender:
                 },
                 top_lists=z["top_lists"] if "top_lists" in z.files else None,
             )
-            if model.top_lists is not None and (model.top_lists.ndim != 2 or len(model.top_lists) != n_users):
-                raise ValueError(f"top_lists has shape {model.top_lists.shape}, expected ({n_users}, width)")
+            top = model.top_lists
+            if top is not None and (top.ndim != 2 or len(top) != n_users):
+                raise ValueError(f"top_lists has shape {top.shape}, expected ({n_users}, width)")
+            if top is not None and top.size and (top.min() < -1 or top.max() >= n_items):
+                raise ValueError(f"top_lists names movies outside 0..{n_items - 1}")
         except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
             raise BundleError(f"model bundle {directory} cannot be read: {exc}") from exc
         return model

@@ -39,3 +39,12 @@ def test_a_bundle_saved_before_materialised_lists_loads_and_serves_the_same(mode
     assert loaded.top_lists is None
     for user in (1, 2, 3, 70, PROFILE_ONLY_USER, 12345):
         assert loaded.recommend(user) == model.recommend(user)
+
+
+def test_a_bundle_whose_lists_name_unknown_movies_is_refused(model, tmp_path):
+    from app.model import BundleError
+
+    broken = dataclasses.replace(model, top_lists=model.top_lists.copy())
+    broken.top_lists[0, 0] = len(model.movie_ids)  # one past the catalogue
+    with pytest.raises(BundleError, match="top_lists names movies outside"):
+        Recommender.load(broken.save(tmp_path / "bad"))
