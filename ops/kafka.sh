@@ -5,6 +5,7 @@
 #   ops/kafka.sh start    write the config, format the storage once, start in the background, wait until ready
 #   ops/kafka.sh stop     stop exactly the broker of this run dir (by its pid) and wait for it to exit
 #   ops/kafka.sh status   exit 0 and print the pid if it runs, exit 3 otherwise
+#   ops/kafka.sh cluster-id [N]  print N fresh cluster ids (what `start` formats new storage with)
 #
 # Environment (defaults in brackets):
 #   MOVIEREC_RUN_DIR      [<repo>/.run]   the broker lives in <run dir>/kafka/ (config, data, pid, log)
@@ -145,11 +146,21 @@ java_cmd() {
     "-Dlog4j2.configurationFile=$DIR/log4j2.properties" -cp "$LIBS/*")
 }
 
+# A random cluster id: 16 random bytes, URL-safe base64 without padding (what Kafka's Uuid parses).
+# Like Kafka's own Uuid.randomUuid, draw again while it starts with '-': the storage tool would read
+# such an id as an option (1 start in 64 failed that way).
+new_cluster_id() {
+  local id="-"
+  while [[ "$id" == -* ]]; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  done
+  printf '%s\n' "$id"
+}
+
 format_storage() {
   [ -f "$DIR/data/meta.properties" ] && return 0
-  # A random cluster id: 16 random bytes, URL-safe base64 without padding (what Kafka's Uuid parses).
   local cluster_id
-  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  cluster_id="$(new_cluster_id)"
   say "formatting $DIR/data (cluster $cluster_id)"
   java_cmd
   if ! "${JAVA[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONF" \
@@ -225,5 +236,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 fetch|start|stop|status" >&2; exit 2 ;;
+  cluster-id) for _ in $(seq "${2:-1}"); do new_cluster_id; done ;;
+  *) echo "usage: $0 fetch|start|stop|status|cluster-id" >&2; exit 2 ;;
 esac
