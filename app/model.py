@@ -111,9 +111,14 @@ class Recommender:
         ratings: pd.DataFrame,
         users: pd.DataFrame | None = None,
         movies: pd.DataFrame | None = None,
+        *,
+        materialise: bool = True,
         **params: Any,
     ) -> Recommender:
-        """Fit on every rating given (the gate's RMSE comes from `auto_deployment.evaluate`)."""
+        """Fit on every rating given (the gate's RMSE comes from `auto_deployment.evaluate`).
+
+        `materialise=False` skips storing the top lists, for a model that only predicts ratings.
+        """
         from surprise import Dataset, KNNBaseline, Reader
 
         p = {**DEFAULT_PARAMS, **params}
@@ -144,7 +149,10 @@ class Recommender:
             algo.fit(trainset)
         except ZeroDivisionError as exc:  # Surprise's pearson_baseline on ratings without any spread
             raise ValueError("ratings have no spread around their baselines: similarities are undefined") from exc
-        return cls._from_surprise(algo, trainset, users, movies, p)
+        model = cls._from_surprise(algo, trainset, users, movies, p)
+        if materialise:
+            model.top_lists = model._materialise(LIST_WIDTH)
+        return model
 
     @classmethod
     def _from_surprise(cls, algo, trainset, users, movies, p) -> Recommender:
@@ -177,7 +185,7 @@ class Recommender:
         movie_attrs = _movie_attributes(movies, movie_ids)
         age, gender, extra = _user_attributes(users, user_ids)
         cold = _cold_orders(user_items, gender, movie_attrs, gm, p)
-        model = cls(
+        return cls(
             user_ids=user_ids,
             movie_ids=movie_ids,
             global_mean=gm,
@@ -205,8 +213,6 @@ class Recommender:
             },
             extra_users=extra,
         )
-        model.top_lists = model._materialise(LIST_WIDTH)
-        return model
 
     def _materialise(self, width: int) -> np.ndarray:
         """Every known user's top `width` by the computed path (so both paths agree by construction)."""

@@ -84,15 +84,7 @@ fetch() {
 }
 
 # The pid of this run dir's broker if that process still runs (and really is our broker), else nothing.
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "kafka.Kafka $CONF" || return 1
-  echo "$pid"
-}
+running_pid() { pid_if_running "kafka.Kafka $CONF"; }
 
 
 write_config() {

@@ -50,15 +50,7 @@ die() { echo "mariadb: $*" >&2; exit 1; }
 . "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
 
 # The pid of this run dir's server if that process still runs (and really is our server), else nothing.
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "--defaults-file=$CONF" || return 1
-  echo "$pid"
-}
+running_pid() { pid_if_running "--defaults-file=$CONF"; }
 
 
 # SQL string literal: backslashes and quotes doubled.

@@ -1,7 +1,19 @@
 # Sourced by ops/mariadb.sh and ops/kafka.sh: what both need to stop a daemon they started, by pid file.
-# The caller defines `say`, `running_pid` (the pid of *its* process, checked against its run dir, or
-# failure) and sets PIDFILE and STOP_TIMEOUT (seconds before SIGKILL).
+# The caller defines `say` and `running_pid` (the pid of *its* process or failure, usually through
+# `pid_if_running`), and sets PIDFILE and STOP_TIMEOUT (seconds before SIGKILL).
 # shellcheck shell=bash
+
+# The pid in PIDFILE if that process still runs and its command line holds $1 (so a recycled pid of
+# some other program, or the same daemon of another run dir, is never taken for ours), else failure.
+pid_if_running() {
+  [ -f "$PIDFILE" ] || return 1
+  local pid
+  pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$1" || return 1
+  echo "$pid"
+}
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -264,10 +264,8 @@ class World:
         scale = d ** 0.25
         z = mu + bu[ui] + bi[mj] + np.einsum("ij,ij->i", user_f[ui], movie_f[mj])
         residual = float(np.sqrt(np.mean((r - (1.0 + 4.0 / (1.0 + np.exp(-z)))) ** 2)))
-        if "runtime" not in movies or movies["runtime"].isna().any():
-            drawn = np.clip(np.rint(rng.normal(110.0, 20.0, n_movies)), 60, 200)
-            runtime = movies["runtime"] if "runtime" in movies else pd.Series(np.nan, index=movies.index)
-            movies["runtime"] = runtime.fillna(pd.Series(drawn, index=movies.index)).astype(float)
+        drawn = pd.Series(np.clip(np.rint(rng.normal(110.0, 20.0, n_movies)), 60, 200), index=movies.index)
+        movies["runtime"] = movies.get("runtime", pd.Series(np.nan, index=movies.index)).fillna(drawn).astype(float)
         if "adult" not in movies:
             movies["adult"] = False
         n_genres = len(GENRES)
