@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
 import time
 
 
@@ -40,3 +42,24 @@ def setup_logging(verbose: bool = False) -> None:
 def kv(**pairs: object) -> dict[str, dict[str, object]]:
     """`log.info("trained", extra=kv(rmse=0.91))` attaches key=value pairs to a line."""
     return {"kv": pairs}
+
+
+class RepeatFilter(logging.Filter):
+    """One line of a kind (digits ignored) per ``every_s``: librdkafka repeats "connect failed" 10x a second."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())[:200]
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+        return True

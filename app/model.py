@@ -115,7 +115,7 @@ class Recommender:
         materialise: bool = True,
         **params: Any,
     ) -> Recommender:
-        """Fit on every rating given (the gate's RMSE comes from `auto_deployment.evaluate`).
+        """Fit on every rating given (the gate's RMSE comes from `auto_deployment.model.evaluate`).
 
         `materialise=False` skips storing the top lists, for a model that only predicts ratings.
         """

@@ -14,12 +14,12 @@ import sys
 from app.logs import setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("auto_deployment.ingest", "read an event log (file, stdin, Kafka) into the event store"),
-    "prepare": ("auto_deployment.prepare", "turn collected events into the cleaned tables of data/"),
-    "train": ("auto_deployment.train", "train a model bundle from data/"),
-    "evaluate": ("auto_deployment.evaluate", "offline evaluation: RMSE gate number and ranking metrics"),
+    "ingest": ("auto_deployment.data.ingest", "read an event log (file, stdin, Kafka) into the event store"),
+    "prepare": ("auto_deployment.data.prepare", "turn collected events into the cleaned tables of data/"),
+    "train": ("auto_deployment.model.train", "train a model bundle from data/"),
+    "evaluate": ("auto_deployment.model.evaluate", "offline evaluation: RMSE gate number and ranking metrics"),
     "run": ("auto_deployment.pipeline", "the whole retraining pipeline once"),
-    "release": ("auto_deployment.release", "canary release of a version: deploy, observe, promote or abort"),
+    "release": ("auto_deployment.release.controller", "canary release of a version: deploy, observe, promote or abort"),
     "schedule": ("auto_deployment.scheduler", "run the pipeline periodically"),
     "audit": ("auto_deployment.audit", "which model served a user, and what a version served"),
     "report": ("auto_deployment.report", "reports (online evaluation, data)"),

@@ -36,9 +36,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from app.contracts.events import MalformedLine, RateEvent, RecommendationEvent, WatchEvent, parse_line
 from app.logs import kv
 from app.settings import MySQL, Paths
-from auto_deployment.events import MalformedLine, RateEvent, RecommendationEvent, WatchEvent, parse_line
 
 log = logging.getLogger("online_eval")
 

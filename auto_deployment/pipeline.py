@@ -8,11 +8,11 @@
   `<run>/pipeline/work/<run id>/` (duplicates fold away). `data/` itself changes only when a version
   is made, so it always holds the data of a version. If the staged data has the checksum of the
   latest version's data, the run stops here: "no new data", exit 0, nobody is notified.
-* **checks**: `auto_deployment.checks`; a failed check stops the run with every failed check named.
+* **checks**: `auto_deployment.data.checks`; a failed check stops the run with every failed check named.
 * **evaluate**: RMSE and MAE on the 80/20 split (seed 42) plus ranking metrics (`evaluate`).
 * **gate**: RMSE below `--rmse-gate` (`PIPELINE_RMSE_GATE`, 1.0) or the run is refused.
   The full model is fitted only after the gate (**train**), so a refused run costs one fit less.
-* **version**: `auto_deployment.version.create_version` (bundle, DVC add + push, git commit,
+* **version**: `auto_deployment.model.registry.create_version` (bundle, DVC add + push, git commit,
   tracking row, git push): all or nothing.
 * **release**: the canary release of the new version (`--no-release` skips, `--observe` sets the
   window); when it promotes, the `version.txt` it wrote is committed.
@@ -47,12 +47,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contracts.tables import load_tables
 from app.logs import kv
 from app.settings import MySQL, Notify, Pipeline
-from auto_deployment.checks import CheckLimits, run_checks
-from auto_deployment.data import load_tables
-from auto_deployment.ingest import ingest, make_source, parse_duration
-from auto_deployment.version import DATA_FILES, Layout, commit_promotion, create_version, latest_version, next_version
+from auto_deployment.data.checks import CheckLimits, run_checks
+from auto_deployment.data.ingest import ingest, make_source, parse_duration
+from auto_deployment.model.registry import (
+    DATA_FILES,
+    Layout,
+    commit_promotion,
+    create_version,
+    latest_version,
+    next_version,
+)
 
 log = logging.getLogger("auto_deployment.pipeline")
 
@@ -106,7 +113,7 @@ class Options:
         limits = CheckLimits.from_settings(settings)
         if args.min_new_ratings is not None:
             limits = CheckLimits(min_new_ratings=args.min_new_ratings, max_unknown_share=limits.max_unknown_share)
-        from auto_deployment.evaluate import parse_params
+        from auto_deployment.model.evaluate import parse_params
 
         return cls(
             source=args.source,
@@ -294,7 +301,7 @@ class _Run:
                 "rejected": result.rejected, "batch": result.batch_id, "lines_per_s": round(result.lines_per_s)}
 
     def prepare(self) -> dict[str, Any]:
-        from auto_deployment.prepare import prepare
+        from auto_deployment.data.prepare import prepare
 
         self.staged.mkdir(parents=True, exist_ok=True)
         for name in DATA_FILES:
@@ -323,7 +330,7 @@ class _Run:
         return result.to_dict()
 
     def evaluate(self) -> dict[str, Any]:
-        from auto_deployment.evaluate import evaluate
+        from auto_deployment.model.evaluate import evaluate
 
         report = evaluate(load_tables(self.staged), self.o.params)
         self.metrics = {"rmse": report["rmse"], "mae": report["mae"], "n_test": report["n_test"],
@@ -339,7 +346,7 @@ class _Run:
         return {"rmse": rmse, "threshold": threshold}
 
     def train(self) -> dict[str, Any]:
-        from auto_deployment.train import train_bundle
+        from auto_deployment.model.train import train_bundle
 
         self.version = next_version(self.layout, self.mysql)
         self.bundle = self.work / "bundle"
@@ -408,7 +415,7 @@ class _Run:
         return report
 
     def _notify(self) -> None:
-        from auto_deployment.notify import Notifier
+        from auto_deployment.notices import Notifier
 
         r = self.report
         started = time.perf_counter()
@@ -477,7 +484,7 @@ def release_fields(report: RunReport) -> dict[str, Any]:
 
 def run_release(version: int, observe_s: float | None, stop: threading.Event) -> dict[str, Any]:
     """The canary release of `version` by the release controller → {"outcome": promoted|aborted|failed, ...}."""
-    from auto_deployment import release
+    from auto_deployment.release import controller as release
 
     try:
         # one notice per run: the run's own, which carries the release's outcome and figures

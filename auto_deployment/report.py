@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
+from app.contracts.tables import REJECTED_COUNTS, load_tables
 from app.settings import Paths
 from auto_deployment import online_eval
-from auto_deployment.data import REJECTED_COUNTS, load_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

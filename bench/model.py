@@ -19,9 +19,9 @@ import numpy as np
 from surprise import SVD, Dataset, KNNBaseline, KNNBasic, Reader
 
 from app.model import Recommender
-from auto_deployment.datasets import movielens_100k
-from auto_deployment.evaluate import popularity_recommender, ranking_report, rating_split, temporal_split
+from auto_deployment.model.evaluate import popularity_recommender, ranking_report, rating_split, temporal_split
 from bench.table import render
+from simulator.datasets import movielens_100k
 
 
 def _surprise_fit(algo, frame):

@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.contracts.tables import Tables, save_tables
 from app.settings import ROOT, MySQL, Notify
-from auto_deployment.checks import CheckLimits
-from auto_deployment.data import Tables, save_tables
+from auto_deployment.data.checks import CheckLimits
+from auto_deployment.model.registry import Layout
 from auto_deployment.pipeline import Options, run_pipeline
-from auto_deployment.version import Layout
 from bench.table import render
 from tests.fixtures.pipeline import DVC, event_lines, sh, write_log
 
@@ -116,7 +116,7 @@ def _world_1m() -> Tables:
 
 
 def _ml100k() -> Tables:
-    from auto_deployment.datasets import movielens_100k
+    from simulator.datasets import movielens_100k
 
     return movielens_100k()
 

@@ -13,7 +13,7 @@ mkdir -p "$models" "$data" "$slots"
 if ! ls -d "$models"/[0-9]* >/dev/null 2>&1; then
   if [ -z "$(ls -A "$data" 2>/dev/null)" ]; then
     echo "model-init: writing the default data to $data"
-    python -m auto_deployment.datasets world --out "$data"
+    python -m simulator.datasets world --out "$data"
   fi
   echo "model-init: training model 1 on $data"
   python -m auto_deployment train --data-dir "$data" --out "$models/1.tmp" --version 1

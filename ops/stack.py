@@ -484,7 +484,7 @@ def ensure_model(stack: Stack) -> int:
     """The stable version to serve: default data and model 1 are created on a fresh checkout."""
     if not versions(stack.models_dir):
         with _environment(stack.env):
-            from auto_deployment.datasets import write_default_data
+            from simulator.datasets import write_default_data
 
             write_default_data(stack.data_dir)
         _run(
@@ -507,12 +507,12 @@ def ensure_model(stack: Stack) -> int:
 def record_tracking(stack: Stack, version: int) -> bool:
     """Give the served version its `tracking` row if it has none (model 1 made by `up` on a fresh checkout).
 
-    Versions made by the pipeline have theirs already (auto_deployment.version); an existing row is never
+    Versions made by the pipeline have theirs already (auto_deployment.model.registry); an existing row is never
     touched. Without a row an auditor could not say what data and RMSE the first model had.
     """
     with _environment(stack.env):
         from auto_deployment import schema
-        from auto_deployment.version import bundle_checksum
+        from auto_deployment.model.registry import bundle_checksum
 
         settings = MySQL.from_env()
     bundle = stack.models_dir / str(version)

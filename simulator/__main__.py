@@ -54,7 +54,7 @@ def _sink(spec: str, topic: str | None) -> tuple[Callable[[str], None], Callable
 
         return emit, fh.close
     if spec == "kafka":
-        from auto_deployment.kafka_source import KafkaSink
+        from simulator.kafka_sink import KafkaSink
 
         settings = Kafka.from_env()
         sink = KafkaSink(settings.bootstrap, topic or settings.topic)

@@ -4,7 +4,7 @@ A session: a user arrives, asks `GET /recommend/<uid>` (800 ms timeout), writes 
 `recommendation request` line (or the `status 0` timeout line), then picks a movie — one of the
 recommended ones with a probability that grows with how much the user truly likes the best of
 them, otherwise something else they like — watches it (one line per minute watched) and sometimes
-rates it. Lines are exactly the formats of design section 3, built by `auto_deployment.events`.
+rates it. Lines are exactly the formats of design section 3, built by `app.contracts.events`.
 
 Every choice comes from `numpy.random.default_rng([seed, session])`, so a seed replays the same
 users and the same decisions given the same answers. Event times: the request line carries the
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from auto_deployment.events import RateEvent, RecommendationEvent, WatchEvent, format_line
+from app.contracts.events import RateEvent, RecommendationEvent, WatchEvent, format_line
 from simulator.load import CLIENT_TIMEOUT_S, LoadSummary, Outcome, fetch
 from simulator.world import World
 

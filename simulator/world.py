@@ -27,15 +27,15 @@ transfer to the other, while the user × user similarity matrix of the served mo
 from __future__ import annotations
 
 import logging
-import re
 import time
-import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from app.logs import kv
+from simulator.ids import course_movie_id
+from simulator.movielens import movielens_100k
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +97,6 @@ class Watch:
 
     minutes: int
     rating: int | None
-
-
-def course_movie_id(title: str, year: int | float | None) -> str:
-    """The course's movie id: lower-case title words joined by ``+``, then the year.
-
-    Mirrors how the real stream mangles titles: a comma sticks to its word as ``_``
-    (``Monsters, Inc.`` → ``monsters_+inc.``), colons, apostrophes and other punctuation vanish,
-    dots and stand-alone dashes stay, accents are folded and other non-ASCII letters dropped
-    (``WALL·E`` → ``walle``). The result never holds whitespace, ``,``, ``/`` or ``=``.
-    """
-    text = unicodedata.normalize("NFKD", str(title)).encode("ascii", "ignore").decode("ascii").lower()
-    text = text.replace(",", "_ ").replace("&", " and ")
-    text = re.sub(r"[^a-z0-9._\- ]+", "", text.replace("/", " ").replace(":", " "))
-    words = [w for w in text.split() if w.strip("._")] or ["untitled"]
-    if year is not None and not (isinstance(year, float) and np.isnan(year)):
-        words.append(str(int(year)))
-    return "+".join(words)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -423,8 +406,6 @@ class World:
 
 def movielens_world(cache_dir: str | None = None, seed: int = 0) -> World:
     """MovieLens-100k's users and movies (course-style ids) with tastes fitted to its ratings."""
-    from auto_deployment.datasets import movielens_100k  # lazy: that module imports this one
-
     tables = movielens_100k(cache_dir)
     return World.fit(tables.users, tables.movies, tables.ratings, seed=seed)
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.contracts.events import RecommendationEvent, WatchEvent, parse_line
+from app.contracts.tables import Tables
 from app.model import Recommender
 from app.settings import ROOT
-from auto_deployment.data import Tables
-from auto_deployment.events import RecommendationEvent, WatchEvent, parse_line
 from auto_deployment.online_eval import ServerAttributor, report
 
 

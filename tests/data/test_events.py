@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auto_deployment.events import (
+from app.contracts.events import (
     REASONS,
     MalformedLine,
     RateEvent,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from auto_deployment.data import RATINGS, USERS, Tables, load_tables, save_tables
-from auto_deployment.events import RateEvent, WatchEvent, format_line
-from auto_deployment.ingest import (
+from app.contracts.tables import RATINGS, USERS, Tables, load_tables, save_tables
+from app.contracts.events import RateEvent, WatchEvent, format_line
+from auto_deployment.data.ingest import (
     FileSource,
     LineSource,
     SourceError,
@@ -28,7 +28,7 @@ from auto_deployment.ingest import (
     parse_duration,
     read_manifests,
 )
-from auto_deployment.prepare import prepare
+from auto_deployment.data.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -265,7 +265,7 @@ def test_ingest_cli_reports_a_missing_file_clearly(tmp_path: Path) -> None:
 
 
 def test_kafka_source_missing_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "auto_deployment.kafka_source", None)  # as if the module were absent
+    monkeypatch.setitem(sys.modules, "auto_deployment.data.kafka_source", None)  # as if the module were absent
     with pytest.raises(SourceError, match="kafka"):
         make_source("kafka", topic="movielog", duration_s=1.0)
 

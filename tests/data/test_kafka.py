@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from auto_deployment.events import MalformedLine, RateEvent, RecommendationEvent, WatchEvent, format_line, parse_line
-from auto_deployment.ingest import ingest
-from auto_deployment.kafka_source import KafkaSink, KafkaSource, message_lines
+from app.contracts.events import MalformedLine, RateEvent, RecommendationEvent, WatchEvent, format_line, parse_line
+from auto_deployment.data.ingest import ingest
+from auto_deployment.data.kafka_source import KafkaSource, message_lines
+from simulator.kafka_sink import KafkaSink
 from tests.fixtures.kafka import free_ports
 
 pytestmark = pytest.mark.services
@@ -149,7 +150,7 @@ def test_message_lines_splits_joined_lines_and_replaces_bad_bytes() -> None:
 
 def test_unreachable_broker_is_waited_out_until_the_window_ends(caplog: pytest.LogCaptureFixture) -> None:
     (port,) = free_ports(1)  # nothing listens there
-    caplog.set_level(logging.WARNING, logger="auto_deployment.kafka_source")
+    caplog.set_level(logging.WARNING, logger="auto_deployment.data.kafka_source")
     source = KafkaSource(f"127.0.0.1:{port}", unique("nobroker"), unique("g"), for_seconds=3.0)
 
     assert collect(source) == []
@@ -158,7 +159,7 @@ def test_unreachable_broker_is_waited_out_until_the_window_ends(caplog: pytest.L
 
 @pytest.mark.slow
 def test_consumer_waits_through_broker_restart_and_resumes(kafka_broker_factory, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="auto_deployment.kafka_source")
+    caplog.set_level(logging.WARNING, logger="auto_deployment.data.kafka_source")
     broker = kafka_broker_factory()
     topic, group = unique("restart"), unique("g")
     before, after = event_lines(20, seed=4), event_lines(20, seed=5)

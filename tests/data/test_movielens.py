@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auto_deployment.data import MOVIES, RATINGS, USERS, WATCHES, load_tables, save_tables
-from auto_deployment.datasets import ML100K_FILES, course_title, ml100k_dir, movielens_100k
-from auto_deployment.events import WatchEvent, parse_line
+from app.contracts.tables import MOVIES, RATINGS, USERS, WATCHES, load_tables, save_tables
+from simulator.movielens import ML100K_FILES, course_title, ml100k_dir, movielens_100k
+from app.contracts.events import WatchEvent, parse_line
 
 ML_GENRES = {
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from auto_deployment.events import RateEvent, RecommendationEvent, WatchEvent, parse_line
+from app.contracts.events import RateEvent, RecommendationEvent, WatchEvent, parse_line
 from simulator.load import Outcome, ensure_loopback
 from simulator.population import Population, session_lines
 from simulator.world import World

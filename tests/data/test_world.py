@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from surprise import Dataset, KNNWithMeans, Reader
 
-from auto_deployment.data import FILES, MOVIES, RATINGS, USERS, WATCHES, load_tables, save_tables
-from auto_deployment.datasets import write_default_data
-from auto_deployment.events import WatchEvent, parse_line
-from simulator.world import World, course_movie_id
+from app.contracts.tables import FILES, MOVIES, RATINGS, USERS, WATCHES, load_tables, save_tables
+from simulator.datasets import write_default_data
+from app.contracts.events import WatchEvent, parse_line
+from simulator.ids import course_movie_id
+from simulator.world import World
 from tests.fixtures.datasets import SMALL_RATINGS, build_small_world
 
 COURSE_ID = re.compile(r"[a-z0-9._\-]+(\+[a-z0-9._\-]+)*\+[0-9]{4}")

@@ -285,7 +285,7 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
     the canary pointer on the shared `slots` volume from another container, the canary hot-swapping."""
     slot_urls = ",".join(f"{slot}=http://{service}:{5001 + i}" for i, (slot, service) in enumerate(SLOTS.items()))
     deploy = ("python -m auto_deployment train --data-dir /srv/data --out /srv/models/2 --version 2 && "
-              "python -c 'from auto_deployment.deploy import build_deployer; "
+              "python -c 'from auto_deployment.release.deploy import build_deployer; "
               "build_deployer(\"compose\", timeout_s=120).deploy(\"canary\", 2)'")
     statuses: collections.Counter[int] = collections.Counter()
     stop = threading.Event()

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import requests
 
+from app.contracts.pointer import bundle_problem
+from app.contracts.tables import FILES, data_checksum
 from app.settings import ROOT, MySQL
-from auto_deployment.data import FILES, data_checksum
 from auto_deployment.pipeline import EXIT_CHECKS, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED
-from auto_deployment.versions import bundle_problem
 from ops.stack import _environment
 from tests.fixtures.mariadb import settings_env
 from tests.fixtures.pipeline import PipelineRepo, tracking_rows

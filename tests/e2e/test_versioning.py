@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from app.contracts.pointer import bundle_problem, write_stable
 from app.settings import MySQL
 from auto_deployment import schema
+from auto_deployment.model.registry import Layout, commit_promotion, next_version
 from auto_deployment.pipeline import EXIT_FAILED
-from auto_deployment.version import Layout, commit_promotion, next_version
-from auto_deployment.versions import bundle_problem, write_stable
 from tests.fixtures.mariadb import settings_env
 from tests.fixtures.pipeline import DVC, PipelineRepo, event_lines, sh, tracking_rows, write_log
 
@@ -131,7 +131,7 @@ def test_promotion_commits_version_txt(pipeline_repo: PipelineRepo, mysql_settin
 
 
 def test_credentials_in_a_remote_url_never_reach_an_error_message(tmp_path):
-    from auto_deployment.version import VersionError, run
+    from auto_deployment.model.registry import VersionError, run
 
     with pytest.raises(VersionError) as info:
         run(["git", "push", "-q", "https://bot:s3cr3t-token@127.0.0.1:9/none.git", "main"], cwd=tmp_path, timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from auto_deployment.data import Tables
+from app.contracts.tables import Tables
 from simulator.population import Population
 from simulator.world import World
 

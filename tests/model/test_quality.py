@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from auto_deployment.evaluate import evaluate
+from auto_deployment.model.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")

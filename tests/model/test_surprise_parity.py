@@ -8,7 +8,7 @@ import pytest
 from surprise import Dataset, KNNBaseline, Reader
 
 from app.model import DEFAULT_PARAMS, Recommender
-from auto_deployment.evaluate import rating_split
+from auto_deployment.model.evaluate import rating_split
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from app.contracts import pointer
 from app.settings import MySQL, Paths
-from auto_deployment import schema, versions
-from auto_deployment.deploy import NativeDeployer
-from auto_deployment.notify import Notifier
-from auto_deployment.prom import Figures, NoData, Prometheus
-from auto_deployment.release import (
+from auto_deployment import schema
+from auto_deployment.notices import Notifier
+from auto_deployment.release.controller import (
     ABORT,
     ANALYSE,
     DEPLOY_CANARY,
@@ -42,6 +41,8 @@ from auto_deployment.release import (
     StateStore,
     release_lock,
 )
+from auto_deployment.release.deploy import NativeDeployer
+from auto_deployment.release.metrics import Figures, NoData, Prometheus
 from auto_deployment.schema import RELEASE_COLUMNS
 from tests.fixtures.receivers import free_port
 
@@ -112,9 +113,9 @@ def platform(slots, models_root, tmp_path) -> Platform:
             deployer.deploy(slot, 1)
     for leftover in (run_dir / "release").glob("*"):
         leftover.unlink()
-    versions.slot_pointer(run_dir, "stable").unlink(missing_ok=True)
+    pointer.slot_pointer(run_dir, "stable").unlink(missing_ok=True)
     version_file = tmp_path / "version.txt"
-    versions.write_number(version_file, 1)
+    pointer.write_number(version_file, 1)
     port = free_port()
     return Platform(run_dir, models_root, version_file, urls, slots, f"http://127.0.0.1:{port}", port)
 
@@ -144,7 +145,7 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
     assert "no data from Prometheus" in result.reason and "unreachable" in result.reason
     assert result.recorded is False
     assert platform.serving() == {"stable_1": 1, "stable_2": 1, "canary": 1}
-    assert versions.read_number(platform.version_file) == 1
+    assert pointer.read_number(platform.version_file) == 1
     state = StateStore(platform.run_dir).load()
     assert _states(state.history) == [DEPLOY_CANARY, OBSERVE, ANALYSE, ABORT, RECORD, NOTIFY, DONE]
     # MySQL is down: the row waits in the state file for the next release
@@ -236,8 +237,8 @@ def test_interrupted_promotion_is_finished_by_the_next_run(platform, notify_sett
     assert result.recovered["outcome"] == "promoted"
     assert result.outcome == "noop"  # version 2 is stable now: the new request has nothing left to do
     assert platform.serving() == {"stable_1": 2, "stable_2": 2, "canary": 2}
-    assert versions.read_number(platform.version_file) == 2
-    assert versions.read_slot(platform.run_dir, "stable") == 2
+    assert pointer.read_number(platform.version_file) == 2
+    assert pointer.read_slot(platform.run_dir, "stable") == 2
     assert _states(StateStore(platform.run_dir).load().history)[-4:] == [PROMOTE, RECORD, NOTIFY, DONE]
     assert "promoted" in smtp_receiver.messages[0]["Subject"]
 

@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from auto_deployment import versions
-from auto_deployment.deploy import ComposeDeployer, DeployError, NativeDeployer, parse_slot_urls
+from app.contracts import pointer
+from auto_deployment.release.deploy import ComposeDeployer, DeployError, NativeDeployer, parse_slot_urls
 from tests.fixtures.receivers import free_port
 
 
@@ -41,7 +41,7 @@ def test_deploy_returns_once_every_worker_serves_the_new_version(canary):
 
     deployer.deploy("canary", 2)
 
-    assert versions.read_slot(canary.run_dir, "canary") == 2 == deployer.current("canary")
+    assert pointer.read_slot(canary.run_dir, "canary") == 2 == deployer.current("canary")
     assert deployer.worker_versions("canary") == {2}  # the old version's gauge is down in every live worker
     assert _fresh_versions(canary.url, 20) == {"2"}
     assert deployer.serving("canary") == 2

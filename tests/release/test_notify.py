@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import socket
 
-from auto_deployment.notify import Notifier
+from auto_deployment.notices import Notifier
 from tests.fixtures.receivers import SMTP_PASSWORD, SMTP_USER, free_port
 
 
@@ -32,7 +32,7 @@ def test_notice_reaches_email_and_slack_with_subject_body_and_fields(notify_sett
 
 def test_missing_settings_skip_the_channel_and_say_why(notify_settings, smtp_receiver, slack_receiver, caplog):
     settings = dataclasses.replace(notify_settings, smtp_host="", slack_webhook="")
-    with caplog.at_level(logging.INFO, logger="auto_deployment.notify"):
+    with caplog.at_level(logging.INFO, logger="auto_deployment.notices"):
         delivery = Notifier(settings).send("subject", "body", {})
 
     assert delivery.sent == []
@@ -50,7 +50,7 @@ def test_no_recipients_skips_email_but_still_posts_to_slack(notify_settings, smt
 
 def test_dead_smtp_port_is_logged_and_slack_still_gets_the_notice(notify_settings, slack_receiver, caplog):
     settings = dataclasses.replace(notify_settings, smtp_port=free_port())
-    with caplog.at_level(logging.WARNING, logger="auto_deployment.notify"):
+    with caplog.at_level(logging.WARNING, logger="auto_deployment.notices"):
         delivery = Notifier(settings).send("release v3: aborted", "too slow", {"reason": "latency"})
 
     assert delivery.sent == ["slack"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from auto_deployment.prom import CANARY_SELECTOR, Figures, NoData, Prometheus, QueryFailed, prom_duration
+from auto_deployment.release.metrics import CANARY_SELECTOR, Figures, NoData, Prometheus, QueryFailed, prom_duration
 from tests.fixtures.receivers import free_port
 
 PROMETHEUS = shutil.which("prometheus")

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from auto_deployment import versions
-from auto_deployment.deploy import NativeDeployer
-from auto_deployment.release import OBSERVE, StateStore
+from app.contracts import pointer
+from auto_deployment.release.controller import OBSERVE, StateStore
+from auto_deployment.release.deploy import NativeDeployer
 from ops.stack import supervisorctl
 from tests.fixtures.stack import NativeStack, start_native_stack
 
@@ -137,7 +137,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, dict, st
 
 
 def _stable(native: NativeStack) -> int:
-    return versions.read_number(native.stack.version_file)
+    return pointer.read_number(native.stack.version_file)
 
 
 def _other(version: int) -> int:
@@ -211,7 +211,7 @@ def test_healthy_candidate_is_promoted_without_a_failed_request(
     assert load.versions_between(started, finished) == {str(old), str(new)}
     assert load.versions_between(finished, time.time()) == {str(new)}
     assert _serving(native) == dict.fromkeys(SLOTS, new)
-    assert _stable(native) == new and versions.read_slot(native.stack.run_dir, "stable") == new
+    assert _stable(native) == new and pointer.read_slot(native.stack.run_dir, "stable") == new
     # progress lines during the observation, with the live canary figures
     assert len(re.findall(r"release: canary so far", err)) >= 5
     canary = report["figures"]["canary"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from auto_deployment.pipeline import RunReport, StepRecord, notice
-from auto_deployment.release import HeldNotifier
+from auto_deployment.release.controller import HeldNotifier
 
 
 def released_run(outcome: str, reason: str) -> RunReport:

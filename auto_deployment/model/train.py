@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.contracts.tables import data_checksum, load_tables
 from app.logs import kv
 from app.model import Recommender
 from app.settings import Paths
-from auto_deployment.data import data_checksum, load_tables
-from auto_deployment.evaluate import evaluate, parse_params
+from auto_deployment.model.evaluate import evaluate, parse_params
 
 log = logging.getLogger("train")
 

@@ -41,9 +41,9 @@ from typing import IO, Any, BinaryIO, Protocol, runtime_checkable
 
 from app.logs import kv
 from app.settings import Kafka, Paths, Pipeline
-from auto_deployment.events import MalformedLine, parse_line
+from app.contracts.events import MalformedLine, parse_line
 
-log = logging.getLogger("auto_deployment.ingest")
+log = logging.getLogger("auto_deployment.data.ingest")
 
 # kind of event → (file stem, CSV columns). `prepare` and reports read the store through these names.
 STORE_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -153,14 +153,14 @@ def make_source(spec: str, *, topic: str | None = None, duration_s: float | None
                 chunk_lines: int = DEFAULT_CHUNK_LINES) -> LineSource:
     """``file:PATH`` (or an existing path), ``stdin``/``-``, or ``kafka`` (optionally ``kafka:TOPIC``).
 
-    Kafka lives in ``auto_deployment.kafka_source`` and is imported only when asked for; it is built
+    Kafka lives in ``auto_deployment.data.kafka_source`` and is imported only when asked for; it is built
     as ``KafkaSource(topic=..., duration_s=...)`` (bootstrap servers and group from app.settings.Kafka).
     """
     if spec in ("-", "stdin"):
         return StdinSource(chunk_lines)
     if spec == "kafka" or spec.startswith("kafka:"):
         try:
-            from auto_deployment.kafka_source import KafkaSource
+            from auto_deployment.data.kafka_source import KafkaSource
         except ImportError as exc:
             raise SourceError(f"--source kafka is not available: {exc}") from exc
         chosen_topic = spec.partition(":")[2] or topic or Kafka.from_env().topic

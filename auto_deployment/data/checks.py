@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from app.settings import Pipeline
-from auto_deployment.data import FILES, MOVIES, RATINGS, USERS, WATCHES
+from app.contracts.tables import FILES, MOVIES, RATINGS, USERS, WATCHES
 
 COLUMNS = {"ratings": RATINGS, "watches": WATCHES, "users": USERS, "movies": MOVIES}
 KEYS = {"ratings": ["user_id", "movie_id"], "watches": ["user_id", "movie_id"], "users": ["user_id"],

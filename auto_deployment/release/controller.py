@@ -57,15 +57,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.contracts import pointer
 from app.logs import kv
 from app.settings import MySQL, Notify, Paths, Release
-from auto_deployment import versions
-from auto_deployment.deploy import DeployError, SlotDeployer, build_deployer, parse_slot_urls
-from auto_deployment.ingest import parse_duration
-from auto_deployment.notify import Delivery, Notifier
-from auto_deployment.prom import CANARY_SELECTOR, STABLE_SELECTOR, Figures, Measurement, MetricsQuery, NoData
+from auto_deployment.data.ingest import parse_duration
+from auto_deployment.notices import Delivery, Notifier
+from auto_deployment.release.deploy import DeployError, SlotDeployer, build_deployer, parse_slot_urls
+from auto_deployment.release.metrics import CANARY_SELECTOR, STABLE_SELECTOR, Figures, Measurement, MetricsQuery, NoData
 
-log = logging.getLogger("auto_deployment.release")
+log = logging.getLogger("auto_deployment.release.controller")
 
 # states
 DEPLOY_CANARY = "DEPLOY_CANARY"
@@ -200,7 +200,7 @@ class StateStore:
             return None
 
     def save(self, state: ReleaseState) -> None:
-        versions.write_json_atomic(self.path, state.to_dict())
+        pointer.write_json_atomic(self.path, state.to_dict())
 
 
 @contextlib.contextmanager
@@ -355,7 +355,7 @@ class Controller:
         """Repair an interrupted release if any, then release `candidate`. Call under `release_lock`."""
         recovered = self.recover()
         pending = self.state.pending_records if self.state else []  # rows MySQL has not taken yet
-        problem = versions.bundle_problem(self.paths.models_dir, candidate)
+        problem = pointer.bundle_problem(self.paths.models_dir, candidate)
         if problem:
             raise ReleaseRefused(f"candidate {candidate} cannot be served: {problem}")
         previous = self._stable_version(candidate)
@@ -442,7 +442,7 @@ class Controller:
 
     def _stable_version(self, candidate: int) -> int:
         """The version to fall back to: version.txt (the stable pointer), else what stable_1 is told."""
-        stable = versions.read_stable(self.paths.version_file, self.paths.run_dir)
+        stable = pointer.read_stable(self.paths.version_file, self.paths.run_dir)
         if stable is None:
             stable = self.deployer.current("stable_1")
         if stable is None:
@@ -455,7 +455,7 @@ class Controller:
         s = self.state
         self._check_stop()
         try:
-            self.deployer.deploy(versions.CANARY, s.candidate)
+            self.deployer.deploy(pointer.CANARY, s.candidate)
         except DeployError as exc:
             self._fail(f"canary deploy failed: {exc}")
             return ABORT
@@ -510,7 +510,7 @@ class Controller:
 
     def _promote(self) -> str:
         s = self.state
-        for slot in versions.STABLE_SLOTS:
+        for slot in pointer.STABLE_SLOTS:
             if slot in s.promoted:
                 continue
             try:
@@ -520,7 +520,7 @@ class Controller:
                 return ABORT
             s.promoted.append(slot)
             self.store.save(s)
-        versions.write_stable(self.paths.version_file, self.paths.run_dir, s.candidate)
+        pointer.write_stable(self.paths.version_file, self.paths.run_dir, s.candidate)
         s.outcome = PROMOTED
         s.finished_at = _now_iso()
         log.info("release: promoted", extra=kv(candidate=s.candidate, version_file=self.paths.version_file))
@@ -531,7 +531,7 @@ class Controller:
         if s.outcome not in (ABORTED, FAILED):
             s.outcome = FAILED
         problems = []
-        for slot in [*reversed(s.promoted), versions.CANARY]:
+        for slot in [*reversed(s.promoted), pointer.CANARY]:
             try:
                 self.deployer.deploy(slot, s.previous)
             except DeployError as exc:
@@ -613,7 +613,7 @@ def build_controller(
 ) -> Controller:
     """A controller with the real collaborators, from settings plus explicit overrides."""
     from app.settings import Monitoring
-    from auto_deployment.prom import Prometheus
+    from auto_deployment.release.metrics import Prometheus
 
     paths = paths or Paths.from_env()
     deployer = build_deployer(runtime, slot_urls, paths, timeout_s=deploy_timeout_s, compose_hup=compose_hup)

@@ -33,7 +33,7 @@ import pandas as pd
 
 from app.logs import kv
 from app.settings import Paths
-from auto_deployment.data import (
+from app.contracts.tables import (
     RATINGS,
     WATCHES,
     Tables,
@@ -42,9 +42,9 @@ from auto_deployment.data import (
     save_tables,
     write_rejected_counts,
 )
-from auto_deployment.ingest import STORE_FILES, committed_files, read_manifests
+from auto_deployment.data.ingest import STORE_FILES, committed_files, read_manifests
 
-log = logging.getLogger("auto_deployment.prepare")
+log = logging.getLogger("auto_deployment.data.prepare")
 
 DEFAULT_CHUNK_ROWS = 100_000
 _WORD_BITS = 32  # minutes per bit-set word; int64 words keep every operation in signed numpy ints

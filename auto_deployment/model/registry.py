@@ -21,7 +21,7 @@ Numbers: ``next_version`` is one more than the largest number seen anywhere (`ve
 `models/<n>/`, `models/<n>.dvc`, tracking rows), so a number once used never means something else.
 
 `version.txt` is *not* written here: it names the version the stable replicas serve, and the
-release controller writes it when it promotes a candidate (`auto_deployment.versions.write_stable`);
+release controller writes it when it promotes a candidate (`app.contracts.pointer.write_stable`);
 `commit_promotion` then commits it. A version that passed the gate but was never promoted has its
 bundle, `.dvc` files, commit and tracking row, and leaves `version.txt` alone.
 """
@@ -44,13 +44,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contracts.pointer import read_number
+from app.contracts.tables import FILES, REJECTED_COUNTS, data_checksum
 from app.logs import kv
 from app.model import CHECKSUMS
 from app.settings import MySQL, Paths, Pipeline
-from auto_deployment.data import FILES, REJECTED_COUNTS, data_checksum
-from auto_deployment.versions import read_number
 
-log = logging.getLogger("auto_deployment.version")
+log = logging.getLogger("auto_deployment.model.registry")
 
 DVC_REMOTE_NAME = "movierec"
 GIT_IDENTITY = ("movierec pipeline", "pipeline@movierec.local")

@@ -30,11 +30,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from app.contracts import pointer
 from app.logs import kv
 from app.settings import Paths, Release, Serving
-from auto_deployment import versions
 
-log = logging.getLogger("auto_deployment.deploy")
+log = logging.getLogger("auto_deployment.release.deploy")
 
 _MODEL_INFO = re.compile(r"^model_info\{([^}]*)\}\s+(\S+)", re.MULTILINE)
 _VERSION_LABEL = re.compile(r'(?:^|,)version="([^"]*)"')
@@ -66,8 +66,8 @@ def parse_slot_urls(text: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         slot, sep, url = item.partition("=")
         slot, url = slot.strip(), url.strip().rstrip("/")
-        if not sep or not url or slot not in versions.SLOTS:
-            raise ValueError(f"slot URL {item!r}: expected SLOT=URL with SLOT one of {', '.join(versions.SLOTS)}")
+        if not sep or not url or slot not in pointer.SLOTS:
+            raise ValueError(f"slot URL {item!r}: expected SLOT=URL with SLOT one of {', '.join(pointer.SLOTS)}")
         urls[slot] = url
     return urls
 
@@ -76,7 +76,7 @@ def slot_urls(release: Release | None = None, serving: Serving | None = None) ->
     """Each slot's own URL: `RELEASE_SLOT_URLS` where given, else loopback and `MOVIEREC_SLOT_PORTS`."""
     release = release or Release.from_env()
     serving = serving or Serving.from_env()
-    urls = {slot: f"http://127.0.0.1:{serving.port_of(slot)}" for slot in versions.SLOTS}
+    urls = {slot: f"http://127.0.0.1:{serving.port_of(slot)}" for slot in pointer.SLOTS}
     urls.update(parse_slot_urls(release.slot_urls))
     return urls
 
@@ -93,7 +93,7 @@ class NativeDeployer:
         consecutive: int = 6,
         http_timeout_s: float = 2.0,
     ) -> None:
-        missing = [slot for slot in versions.SLOTS if slot not in urls]
+        missing = [slot for slot in pointer.SLOTS if slot not in urls]
         if missing:
             raise ValueError(f"no URL for slot(s) {', '.join(missing)}")
         self.run_dir = Path(run_dir)
@@ -106,7 +106,7 @@ class NativeDeployer:
     def deploy(self, slot: str, version: int) -> None:
         started = time.monotonic()
         log.info("deploy: pointing slot", extra=kv(slot=slot, version=version, url=self.urls[slot]))
-        versions.write_slot(self.run_dir, slot, version)
+        pointer.write_slot(self.run_dir, slot, version)
         self._after_write(slot, version)
         self.wait_serving(slot, version)
         log.info(
@@ -153,7 +153,7 @@ class NativeDeployer:
         return found if seen else None
 
     def current(self, slot: str) -> int | None:
-        return versions.read_slot(self.run_dir, slot)
+        return pointer.read_slot(self.run_dir, slot)
 
     def serving(self, slot: str) -> int | None:
         # urllib opens a new connection per request: polls are spread over the server's workers

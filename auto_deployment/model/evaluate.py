@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.contracts.tables import Tables, load_tables
 from app.logs import kv
 from app.model import Recommender
 from app.settings import Paths
-from auto_deployment.data import Tables, load_tables
 
 log = logging.getLogger("evaluate")
 
@@ -198,9 +198,9 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=None, help="tables to evaluate on (default: data/)")
-    parser.add_argument("--dataset", choices=["data", "movielens", "world"], default="data",
-                        help="data/ tables, MovieLens-100k (downloaded once) or the default world")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="tables to evaluate on (default: data/); for MovieLens-100k write them first with "
+                             "`python -m simulator.datasets movielens --out DIR`")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
@@ -219,21 +219,9 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_dataset(name: str, data_dir: Path | None) -> Tables:
-    if name == "movielens":
-        from auto_deployment.datasets import movielens_100k
-
-        return movielens_100k()
-    if name == "world":
-        from auto_deployment.datasets import default_world_tables
-
-        return default_world_tables()
-    return load_tables(data_dir or Paths.from_env().data_dir)
-
-
 def main(args: argparse.Namespace) -> int:
     try:
-        tables = load_dataset(args.dataset, args.data_dir)
+        tables = load_tables(args.data_dir or Paths.from_env().data_dir)
         params = parse_params(args.param)
     except (OSError, ValueError) as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
