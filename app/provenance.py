@@ -62,7 +62,7 @@ import pymysql
 from app.logs import kv
 from app.settings import MySQL
 
-log = logging.getLogger("provenance")
+log = logging.getLogger(__name__)
 
 COLUMNS = ("row_id", "request_id", "served_at_ms", "user_id", "version_number", "slot", "host", "latency_ms", "movies")
 INSERT_SQL = f"INSERT IGNORE INTO reccom ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"

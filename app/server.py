@@ -36,7 +36,7 @@ from app.metrics import NO_VERSION, ServingMetrics, install_exporter
 from app.settings import MySQL, Paths, Serving
 from app.slot import Loaded, ModelSlot
 
-log = logging.getLogger("app.server")
+log = logging.getLogger(__name__)
 
 USER_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() would accept '٣' and '²'
 REQUEST_ID = re.compile(r"[A-Za-z0-9-]{8,64}")

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
+
+from app.contracts.topology import Topology, topology
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +88,8 @@ class Serving:
     fault_latency_ms: float = _doc("MOVIEREC_FAULT_LATENCY_MS", "fault injection: added ms per /recommend (drills)")
     fault_error_ratio: float = _doc("MOVIEREC_FAULT_ERROR_RATIO", "fault injection: share of /recommend answered 503")
     metrics_dir: str = _doc("PROMETHEUS_MULTIPROC_DIR", "prometheus-client multiprocess directory")
-    slot_ports: str = _doc("MOVIEREC_SLOT_PORTS", "ports of stable_1,stable_2,canary in the native stack")
+    slot_ports: str = _doc("MOVIEREC_SLOT_PORTS", "slot ports in the native stack: one per slot in topology order, "
+                            "or SLOT=PORT pairs; empty = the topology's own")
 
     @classmethod
     def from_env(cls) -> Serving:
@@ -102,20 +106,22 @@ class Serving:
             fault_latency_ms=_env_float("MOVIEREC_FAULT_LATENCY_MS", 0.0),
             fault_error_ratio=_env_float("MOVIEREC_FAULT_ERROR_RATIO", 0.0),
             metrics_dir=_env("PROMETHEUS_MULTIPROC_DIR", str(paths.run_dir / "metrics" / slot)),
-            slot_ports=_env("MOVIEREC_SLOT_PORTS", "5001,5002,5003"),
+            slot_ports=_env("MOVIEREC_SLOT_PORTS", ""),
         )
 
-    def port_of(self, slot: str) -> int:
-        """Port of `slot` in the native stack (MOVIEREC_SLOT_PORTS lists stable_1, stable_2, canary)."""
-        ports = [int(p) for p in self.slot_ports.split(",")]
-        if len(ports) != 3:
-            raise ValueError(f"MOVIEREC_SLOT_PORTS={self.slot_ports!r} needs three ports")
-        return dict(zip(("stable_1", "stable_2", "canary"), ports, strict=True))[slot]
+    @cached_property
+    def topology(self) -> Topology:
+        """The slot topology (`app.contracts.topology`) on the ports `MOVIEREC_SLOT_PORTS` names."""
+        return topology(self.slot_ports)
 
-    @property
+    def port_of(self, slot: str) -> int:
+        """Port of `slot` in the native stack."""
+        return self.topology.slot(slot).port
+
+    @cached_property
     def role(self) -> str:
         """`stable` or `canary`, the value of the X-Slot header (design section 2)."""
-        return "canary" if self.slot.startswith("canary") else "stable"
+        return self.topology.role_of(self.slot)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ from app.logs import kv
 from app.model import BUNDLE_FILES, CHECKSUMS, BundleError, Recommender
 from app.settings import Paths, Serving
 
-log = logging.getLogger("app.slot")
+log = logging.getLogger(__name__)
 
 # A user id no bundle can know (ids are non-negative): its list is the safe, adult-free fallback.
 FALLBACK_PROBE_USER = -1

@@ -22,7 +22,7 @@ from email.utils import formatdate, make_msgid
 from app.logs import kv
 from app.settings import Notify
 
-log = logging.getLogger("auto_deployment.notices")
+log = logging.getLogger(__name__)
 
 
 @dataclass

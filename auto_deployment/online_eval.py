@@ -40,7 +40,7 @@ from app.contracts.events import MalformedLine, RateEvent, RecommendationEvent, 
 from app.logs import kv
 from app.settings import MySQL, Paths
 
-log = logging.getLogger("online_eval")
+log = logging.getLogger(__name__)
 
 WINDOW_S = 15 * 60.0  # a watch counts for a list when it starts within this long after the list
 DEFAULT_RUNTIME_MIN = 100.0

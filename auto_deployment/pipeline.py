@@ -61,7 +61,7 @@ from auto_deployment.model.registry import (
     next_version,
 )
 
-log = logging.getLogger("auto_deployment.pipeline")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -35,7 +35,7 @@ from app.logs import kv
 from app.settings import Pipeline
 from auto_deployment import pipeline
 
-log = logging.getLogger("auto_deployment.scheduler")
+log = logging.getLogger(__name__)
 
 _EVERY = re.compile(r"\s*([1-9][0-9]*)\s*([dhms])\s*", re.ASCII)
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}

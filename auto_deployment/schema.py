@@ -45,7 +45,7 @@ import pymysql
 from app.logs import kv, setup_logging
 from app.settings import MySQL
 
-log = logging.getLogger("schema")
+log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).with_name("sql")
 ROLES = ("admin", "app", "auditor")

@@ -52,7 +52,7 @@ from pathlib import Path
 from app.logs import kv, setup_logging
 from app.settings import ROOT, Monitoring, MySQL, Notify, Paths, Serving
 
-log = logging.getLogger("stack")
+log = logging.getLogger(__name__)
 
 SLOTS = ("stable_1", "stable_2", "canary")
 PROGRAMS = (*SLOTS, "nginx", "prometheus", "alertmanager")
@@ -511,8 +511,8 @@ def record_tracking(stack: Stack, version: int) -> bool:
     touched. Without a row an auditor could not say what data and RMSE the first model had.
     """
     with _environment(stack.env):
+        from app.contracts.bundle import checksum as bundle_checksum
         from auto_deployment import schema
-        from auto_deployment.model.registry import bundle_checksum
 
         settings = MySQL.from_env()
     bundle = stack.models_dir / str(version)

@@ -43,7 +43,7 @@ from app.logs import kv
 from app.settings import Kafka, Paths, Pipeline
 from app.contracts.events import MalformedLine, parse_line
 
-log = logging.getLogger("auto_deployment.data.ingest")
+log = logging.getLogger(__name__)
 
 # kind of event → (file stem, CSV columns). `prepare` and reports read the store through these names.
 STORE_FILES: dict[str, tuple[str, tuple[str, ...]]] = {

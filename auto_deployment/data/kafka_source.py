@@ -26,10 +26,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from app.logs import RepeatFilter, kv
 from app.settings import Kafka
 
-log = logging.getLogger("auto_deployment.data.kafka_source")
+log = logging.getLogger(__name__)
 
 
-librdkafka_log = logging.getLogger("auto_deployment.data.kafka_source.librdkafka")
+librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 librdkafka_log.addFilter(RepeatFilter())
 
 DEFAULT_BATCH_SIZE = 10_000  # lines per yielded batch = per durable checkpoint of ingest

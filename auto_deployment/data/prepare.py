@@ -44,7 +44,7 @@ from app.contracts.tables import (
 )
 from auto_deployment.data.ingest import STORE_FILES, committed_files, read_manifests
 
-log = logging.getLogger("auto_deployment.data.prepare")
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 100_000
 _WORD_BITS = 32  # minutes per bit-set word; int64 words keep every operation in signed numpy ints

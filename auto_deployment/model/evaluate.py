@@ -30,7 +30,7 @@ from app.logs import kv
 from app.model import Recommender
 from app.settings import Paths
 
-log = logging.getLogger("evaluate")
+log = logging.getLogger(__name__)
 
 TOP_N = 20
 RELEVANT = 4.0

@@ -44,13 +44,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contracts.bundle import CHECKSUMS
+from app.contracts.bundle import checksum as bundle_checksum
 from app.contracts.pointer import read_number
 from app.contracts.tables import FILES, REJECTED_COUNTS, data_checksum
 from app.logs import kv
-from app.model import CHECKSUMS
 from app.settings import MySQL, Paths, Pipeline
 
-log = logging.getLogger("auto_deployment.model.registry")
+log = logging.getLogger(__name__)
 
 DVC_REMOTE_NAME = "movierec"
 GIT_IDENTITY = ("movierec pipeline", "pipeline@movierec.local")
@@ -274,11 +275,6 @@ def latest_version(layout: Layout, mysql: MySQL | None = None) -> LatestVersion 
             with contextlib.suppress(OSError, ValueError):
                 return LatestVersion(number, str(json.loads(meta.read_text()).get("data_checksum", "")), "bundle")
     return None
-
-
-def bundle_checksum(bundle: Path) -> str:
-    """SHA-256 of the bundle's checksums file: one number that changes if any file of the bundle does."""
-    return hashlib.sha256((Path(bundle) / CHECKSUMS).read_bytes()).hexdigest()
 
 
 # --- all or nothing --------------------------------------------------------------------------------

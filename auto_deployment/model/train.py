@@ -21,7 +21,7 @@ from app.model import Recommender
 from app.settings import Paths
 from auto_deployment.model.evaluate import evaluate, parse_params
 
-log = logging.getLogger("train")
+log = logging.getLogger(__name__)
 
 
 def train_bundle(

@@ -57,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.contracts import pointer
+from app.contracts import bundle, pointer
 from app.logs import kv
 from app.settings import MySQL, Notify, Paths, Release
 from auto_deployment.data.ingest import parse_duration
@@ -65,7 +65,7 @@ from auto_deployment.notices import Delivery, Notifier
 from auto_deployment.release.deploy import DeployError, SlotDeployer, build_deployer, parse_slot_urls
 from auto_deployment.release.metrics import CANARY_SELECTOR, STABLE_SELECTOR, Figures, Measurement, MetricsQuery, NoData
 
-log = logging.getLogger("auto_deployment.release.controller")
+log = logging.getLogger(__name__)
 
 # states
 DEPLOY_CANARY = "DEPLOY_CANARY"
@@ -355,7 +355,7 @@ class Controller:
         """Repair an interrupted release if any, then release `candidate`. Call under `release_lock`."""
         recovered = self.recover()
         pending = self.state.pending_records if self.state else []  # rows MySQL has not taken yet
-        problem = pointer.bundle_problem(self.paths.models_dir, candidate)
+        problem = bundle.problem(bundle.bundle_dir(self.paths.models_dir, candidate))
         if problem:
             raise ReleaseRefused(f"candidate {candidate} cannot be served: {problem}")
         previous = self._stable_version(candidate)

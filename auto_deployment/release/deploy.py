@@ -34,7 +34,7 @@ from app.contracts import pointer
 from app.logs import kv
 from app.settings import Paths, Release, Serving
 
-log = logging.getLogger("auto_deployment.release.deploy")
+log = logging.getLogger(__name__)
 
 _MODEL_INFO = re.compile(r"^model_info\{([^}]*)\}\s+(\S+)", re.MULTILINE)
 _VERSION_LABEL = re.compile(r'(?:^|,)version="([^"]*)"')

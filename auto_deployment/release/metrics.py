@@ -22,7 +22,7 @@ from typing import Protocol
 
 from app.logs import kv
 
-log = logging.getLogger("auto_deployment.release.metrics")
+log = logging.getLogger(__name__)
 
 CANARY_SELECTOR = 'slot="canary"'
 STABLE_SELECTOR = 'slot=~"stable_1|stable_2"'

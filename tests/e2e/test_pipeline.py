@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
-from app.contracts.pointer import bundle_problem
+from app.contracts.bundle import bundle_dir, problem
 from app.contracts.tables import FILES, data_checksum
 from app.settings import ROOT, MySQL
 from auto_deployment.pipeline import EXIT_CHECKS, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED
@@ -81,7 +81,7 @@ def test_accepted_run_versions_data_and_model_and_tells_the_team(
     assert report["data_checksum"] == checksum
 
     # the bundle: verified, self-describing
-    assert bundle_problem(repo.models_dir, 1) is None
+    assert problem(bundle_dir(repo.models_dir, 1)) is None
     meta = json.loads((repo.models_dir / "1" / "metadata.json").read_text())
     assert meta["version"] == 1 and meta["data_checksum"] == checksum
     assert meta["metrics"]["rmse"] == pytest.approx(report["rmse"])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.contracts.pointer import bundle_problem, write_stable
+from app.contracts.bundle import bundle_dir, problem
+from app.contracts.pointer import write_stable
 from app.settings import MySQL
 from auto_deployment import schema
 from auto_deployment.model.registry import Layout, commit_promotion, next_version
@@ -62,7 +63,7 @@ def test_dvc_checkout_of_an_old_version_restores_its_data_byte_for_byte(
     sh(["git", "checkout", "-q", v1_commit], clone)
     sh([DVC, "pull", "-q", "data.dvc", "models/1.dvc"], clone)
     assert _tree(clone / "data") == v1_data
-    assert bundle_problem(clone / "models", 1) is None
+    assert problem(bundle_dir(clone / "models", 1)) is None
     assert json.loads((clone / "models" / "1" / "metadata.json").read_text())["version"] == 1
 
 
@@ -87,7 +88,7 @@ def test_version_numbers_are_never_reused(pipeline_repo: PipelineRepo, mysql_set
     rows = {r["version_number"]: r for r in tracking_rows(mysql_settings)}
     assert sorted(rows) == [9, 10]
     assert rows[9]["data_checksum"] is None and rows[9]["model_rmse"] == pytest.approx(0.9)
-    assert bundle_problem(pipeline_repo.models_dir, 10) is None
+    assert problem(bundle_dir(pipeline_repo.models_dir, 10)) is None
 
 
 def test_failed_git_push_rolls_back_the_whole_version(pipeline_repo: PipelineRepo, mysql_settings: MySQL) -> None:
