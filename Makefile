@@ -20,6 +20,7 @@ sysdeps:
 
 lint: venv
 	.venv/bin/ruff check .
+	PYTHONPATH=. .venv/bin/lint-imports
 
 # One stage per CI job; each writes an HTML report under reports/.
 test-%: venv sysdeps

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 RECBOLE_VERSION = "1.2.1"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 _WHEEL_FOLDER = "recbole/dataset_example/ml-100k/"
+
+
+class MovieLensUnavailable(RuntimeError):
+    """MovieLens-100k is neither cached nor downloadable; the message says where it looked and what to do."""
 # MovieLens writes "Usual Suspects, The"; the course (TMDB) writes "The Usual Suspects"
 _TRAILING_ARTICLE = re.compile(r"^(?P<body>.+), (?P<article>The|A|An|Il|La|Le|Les|L'|Das|Der|Die|Det|El|Los|Las)$")
 _PAREN = re.compile(r"\s*\([^()]*\)")
@@ -66,8 +70,11 @@ def _fetch_ml100k(target: Path) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         wheels = sorted(Path(tmp).glob("recbole-*.whl"))
         if done.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download the recbole wheel (exit {done.returncode}): "
-                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+            raise MovieLensUnavailable(
+                f"MovieLens-100k is not cached in {target} and could not be fetched: it comes from PyPI inside the "
+                f"recbole=={RECBOLE_VERSION} wheel, and `pip download` failed (exit {done.returncode}). Is PyPI "
+                f"reachable (proxy, PIP_INDEX_URL)? Or put ml-100k.inter/.user/.item in {target} "
+                f"(MOVIEREC_CACHE_DIR). pip said: {(done.stderr or done.stdout).strip()[-300:]}")
         staging = Path(tmp) / "ml-100k"
         staging.mkdir()
         with zipfile.ZipFile(wheels[0]) as wheel:

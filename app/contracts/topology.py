@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from math import gcd, lcm
+from pathlib import Path
+
+from app.files import write_text_atomic
 
 STABLE = "stable"
 CANARY = "canary"
@@ -59,13 +62,13 @@ class Topology:
         ports = [s.port for s in self.slots]
         if len(set(ports)) != len(ports):
             raise ValueError(f"slot ports repeat: {ports}")
-        if [s.role for s in self.slots].count(CANARY) != 1 or not self.stable:
-            raise ValueError("a topology has exactly one canary slot and at least one stable slot")
         for slot in self.slots:
             if slot.role not in ROLES:
                 raise ValueError(f"slot {slot.name}: role {slot.role!r} is not one of {ROLES}")
             if slot.weight < 0 or not 0 < slot.port < 65536:
                 raise ValueError(f"slot {slot.name}: weight {slot.weight} / port {slot.port} out of range")
+        if [s.role for s in self.slots].count(CANARY) != 1 or not self.stable:
+            raise ValueError("a topology has exactly one canary slot and at least one stable slot")
 
     # ------------------------------------------------------------------ questions
     @property
@@ -140,6 +143,15 @@ class Topology:
         divisor = gcd(canary_i, stable_i) or 1
         weights = {s.name: (canary_i if s.role == CANARY else stable_i) // divisor for s in self.slots}
         return Topology(tuple(replace(s, weight=weights[s.name]) for s in self.slots))
+
+
+def write_nginx_upstream(path: str | Path, topo: Topology, address: Callable[[Slot], str]) -> None:
+    """Atomically write NGINX's upstream ``server`` lines (the file nginx.conf includes in its upstream).
+
+    Both sides use it: ``ops`` when the stack starts, the release's router when a step changes the
+    split (then it reloads NGINX gracefully).
+    """
+    write_text_atomic(path, topo.nginx_servers(address))
 
 
 def parse_ports(text: str, base: Topology | None = None) -> dict[str, int]:

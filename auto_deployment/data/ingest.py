@@ -28,20 +28,19 @@ import io
 import json
 import logging
 import os
-import re
-import secrets
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, runtime_checkable
 
+from app.clock import now_iso, parse_duration, stamp_id
+from app.contracts.events import MalformedLine, parse_line
+from app.files import write_json_atomic
 from app.logs import kv
 from app.settings import Kafka, Paths, Pipeline
-from app.contracts.events import MalformedLine, parse_line
 
 log = logging.getLogger(__name__)
 
@@ -173,50 +172,7 @@ def make_source(spec: str, *, topic: str | None = None, duration_s: float | None
     raise SourceError(f"unknown source {spec!r}: use file:PATH, stdin, - or kafka")
 
 
-# --- durations -------------------------------------------------------------------------------------
-
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h|d|w)?\s*", re.ASCII)
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: str) -> float:
-    """``"15m"`` → 900.0 seconds; units ms, s, m, h, d, w; a bare number is seconds."""
-    match = _DURATION.fullmatch(text or "")
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (examples: 500ms, 30s, 15m, 6h, 2d)")
-    return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
-
-
 # --- the event store -------------------------------------------------------------------------------
-
-
-def new_batch_id() -> str:
-    """Sortable by creation time, unique across concurrent runs: ``20261124T073000Z-3fa9c1``."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write, fsync, rename into place, fsync the directory: the file is old or new, never torn."""
-    tmp = path.with_name("." + path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -255,7 +211,7 @@ class _Batch:
         self.dir = events_dir
         self.id = batch_id
         self.source = source
-        self.started = _now_iso()
+        self.started = now_iso()
         self.manifest = events_dir / f"{MANIFEST_PREFIX}{batch_id}.json"
         self._handles: dict[str, IO[str]] = {}
         self.handles: dict[str, IO[str]] = {}  # kind → its open file
@@ -297,7 +253,7 @@ class _Batch:
             "source": self.source,
             "state": state,
             "started": self.started,
-            "updated": _now_iso(),
+            "updated": now_iso(),
             "lines": self.lines,
             "events": dict(sorted(self.events.items())),
             "rejected": dict(sorted(self.rejected.items())),
@@ -320,7 +276,7 @@ def ingest(source: LineSource, events_dir: Path, *, batch_id: str | None = None,
     """
     events_dir = Path(events_dir)
     events_dir.mkdir(parents=True, exist_ok=True)
-    batch = _Batch(events_dir, batch_id or new_batch_id(), source.name)
+    batch = _Batch(events_dir, batch_id or stamp_id(), source.name)
     log.info("ingest started", extra=kv(batch=batch.id, source=source.name, events_dir=events_dir))
     started = time.monotonic()
     next_progress = progress_every if progress_every > 0 else -1

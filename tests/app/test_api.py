@@ -268,10 +268,14 @@ def test_metrics_count_every_answer_across_two_workers(server):
     assert value(after, "model_info", **labels) == 1
     for outcome in ("written", "spooled", "dropped"):
         assert f'provenance_rows_total{{outcome="{outcome}",slot="canary"}}' in after
-    # fine-grained buckets from 1 ms to 1 s
-    for le in ("0.001", "0.005", "0.01", "0.1", "0.5", "1.0"):
-        assert value(after, "recommend_latency_seconds_bucket", le=le, status="200", **labels) >= 0
+    # fine-grained buckets from 1 ms to 1 s: cumulative (never fewer below a larger bound), and every
+    # one of these fast requests falls in the 1 s bucket
+    bounds = ("0.001", "0.005", "0.01", "0.1", "0.5", "1.0")
+    for le in bounds:
         assert f'le="{le}"' in " ".join(k for k in after if k.startswith("recommend_latency_seconds_bucket"))
+    counts = [delta("recommend_latency_seconds_bucket", le=le, status="200", **labels) for le in bounds]
+    assert counts == sorted(counts)
+    assert counts[-1] == len(users)
     # user ids never become label values
     assert not any("/recommend/1" in key for key in after)
 

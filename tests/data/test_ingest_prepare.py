@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from app.contracts.tables import RATINGS, USERS, Tables, load_tables, save_tables
+from app.clock import parse_duration
 from app.contracts.events import RateEvent, WatchEvent, format_line
+from app.contracts.tables import RATINGS, USERS, Tables, load_tables, save_tables
 from auto_deployment.data.ingest import (
     FileSource,
     LineSource,
@@ -25,7 +26,6 @@ from auto_deployment.data.ingest import (
     StdinSource,
     ingest,
     make_source,
-    parse_duration,
     read_manifests,
 )
 from auto_deployment.data.prepare import prepare

