@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from auto_deployment.data.checks import CheckLimits, run_checks
 from app.contracts.tables import FILES
+from auto_deployment.data.checks import CheckLimits, run_checks
 
 LIMITS = CheckLimits(min_new_ratings=10, max_unknown_share=0.01)
 

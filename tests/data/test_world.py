@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from surprise import Dataset, KNNWithMeans, Reader
 
+from app.contracts.events import WatchEvent, parse_line
 from app.contracts.tables import FILES, MOVIES, RATINGS, USERS, WATCHES, load_tables, save_tables
 from simulator.datasets import write_default_data
-from app.contracts.events import WatchEvent, parse_line
 from simulator.ids import course_movie_id
 from simulator.world import World
 from tests.fixtures.datasets import SMALL_RATINGS, build_small_world
