@@ -3,8 +3,8 @@
 Which bundle
     ``MOVIEREC_MODEL_DIR``, when set, is served directly. Otherwise the slot's pointer file
     (``MOVIEREC_POINTER``, default ``<run_dir>/slots/<slot>``) holds a version number (``3\\n``),
-    resolved to ``<models_dir>/3/``. Deployers write it atomically with :func:`write_pointer`
-    (temporary file + rename), so a reader never sees half a number.
+    resolved to ``<models_dir>/3/``. The format is `app.contracts.pointer`'s: deployers write it
+    with `pointer.write_number` (temporary file, fsync, rename), so a reader never sees half a number.
 
 Loaded in each worker, never in the Gunicorn master
     ``create_app()`` runs in every worker after the fork (``preload_app = False``) and loads the
@@ -19,10 +19,11 @@ Loaded in each worker, never in the Gunicorn master
 Zero-gap reload: write the pointer
     A daemon thread per worker checks every ``reload_poll_s`` seconds: it reads the pointer (a few
     bytes, read every time: file mtimes are too coarse to catch two quick writes) and stats the
-    target bundle's files (mtime, size, inode). When the target differs from what is serving, the
-    thread loads the bundle, verifies every checksum, smoke-tests a warm and an unknown user, and
-    only then swaps one reference. Requests never wait on a lock and never see a half-loaded model:
-    each request takes the reference once and uses that model to the end.
+    target bundle's files (`app.contracts.bundle.signature`: mtime, size, inode). When the target
+    differs from what is serving, the thread loads the bundle, verifies every checksum, smoke-tests a
+    known user and the model's fallback list, and only then swaps one reference. Requests never
+    wait on a lock and never see a half-loaded model: each request takes the reference once and
+    uses that model to the end.
     A pointer naming a missing, partial or corrupt bundle (or garbage) leaves the current model
     serving and logs ``model reload refused`` with the reason; the same bundle is retried only once
     its files change (a copy that was still running, a re-save), so a broken bundle costs one
@@ -48,22 +49,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.contracts import bundle, pointer
 from app.logs import kv
-from app.model import BUNDLE_FILES, CHECKSUMS, BundleError, Recommender
+from app.model import LIST_WIDTH, BundleError, Recommender
 from app.settings import Paths, Serving
 
 log = logging.getLogger(__name__)
-
-# A user id no bundle can know (ids are non-negative): its list is the safe, adult-free fallback.
-FALLBACK_PROBE_USER = -1
-POINTER_MAX_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ class Loaded:
     version_number: int  # provenance `version_number` (0 when the bundle has no numeric version)
     directory: Path
     signature: tuple  # stat of the bundle files it was loaded from
-    fallback: tuple[str, ...]  # list for error paths: the unknown-user ranking, adult-free
+    fallback: tuple[str, ...]  # list for error paths: the model's `fallback` (nothing known), adult-free
     load_seconds: float
 
     @property
@@ -88,30 +85,6 @@ class Faults:
     latency_ms: float = 0.0
     error_ratio: float = 0.0
     source: str = "env"
-
-
-def write_pointer(path: str | Path, version: int | str) -> None:
-    """Point a slot at `version`, atomically (temp file in the same directory, then rename)."""
-    path = Path(path)
-    text = str(version).strip()
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"a slot pointer holds a version number, not {version!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-
-
-def bundle_signature(directory: Path) -> tuple:
-    """(name, mtime_ns, size, inode) of each bundle file; None for a missing one. Cheap: 5 stats."""
-    sig = []
-    for name in (*BUNDLE_FILES, CHECKSUMS):
-        try:
-            st = (directory / name).stat()
-            sig.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            sig.append((name, None))
-    return tuple(sig)
 
 
 class ModelSlot:
@@ -180,7 +153,7 @@ class ModelSlot:
             if target is None:
                 return
             directory, want_version = target
-            signature = bundle_signature(directory)
+            signature = bundle.signature(directory)
             current = self._current
             if current is not None and current.directory == directory and current.signature == signature:
                 return
@@ -227,21 +200,21 @@ class ModelSlot:
 
     def _remember_good(self, version: str) -> None:
         try:
-            write_pointer(self.last_good_file, version)
+            pointer.write_number(self.last_good_file, version)
         except OSError as exc:
             log.warning("cannot record the last good version", extra=kv(slot=self.serving.slot, reason=exc))
 
     def _fall_back_to_last_good(self, broken: str | None) -> None:
         try:
-            text = self.last_good_file.read_text().strip()
-        except OSError:
+            number = pointer.read_number(self.last_good_file)
+        except (OSError, pointer.VersionFileError):
             return
-        if not (text.isascii() and text.isdigit()) or str(int(text)) == broken:
+        if number is None or str(number) == broken:
             return
-        version = str(int(text))
+        version = str(number)
         directory = self.paths.models_dir / version
         try:
-            loaded = self._load(directory, version, bundle_signature(directory))
+            loaded = self._load(directory, version, bundle.signature(directory))
         except (BundleError, ValueError, OSError) as exc:
             log.error("last good version unusable too", extra=kv(slot=self.serving.slot, version=version, reason=exc))
             return
@@ -255,19 +228,19 @@ class ModelSlot:
         """(bundle directory, version the pointer names or None for a direct bundle), or None."""
         if self.serving.model_dir:
             return Path(self.serving.model_dir), None
-        pointer = Path(self.serving.pointer_file)
+        path = Path(self.serving.pointer_file)
         try:
-            with pointer.open("rb") as fh:
-                raw = fh.read(POINTER_MAX_BYTES + 1)
+            with path.open("rb") as fh:
+                raw = fh.read(pointer.MAX_BYTES + 1)
         except FileNotFoundError:
-            return self._pointer_unusable(f"pointer file {pointer} does not exist")
+            return self._pointer_unusable(f"pointer file {path} does not exist")
         except OSError as exc:
-            return self._pointer_unusable(f"pointer file {pointer} cannot be read: {exc}")
-        text = raw.decode("ascii", "replace").strip()
-        if len(raw) > POINTER_MAX_BYTES or not (text.isascii() and text.isdigit()) or len(text) > 18:
-            return self._pointer_unusable(f"pointer file {pointer} holds {text[:20]!r}, not a version number")
+            return self._pointer_unusable(f"pointer file {path} cannot be read: {exc}")
+        try:
+            version = str(pointer.parse(raw, f"pointer file {path}"))
+        except pointer.VersionFileError as exc:
+            return self._pointer_unusable(str(exc))
         self._pointer_problem = None
-        version = str(int(text))
         return self.paths.models_dir / version, version
 
     def _pointer_unusable(self, why: str) -> None:
@@ -302,10 +275,10 @@ class ModelSlot:
             version = want_version
         else:
             version = recorded or directory.name
-        # smoke test on the real code path: a warm user and an unknown one must get a list
+        # smoke test on the real code path: a known user must get a list, and so must a stranger
         if len(model.user_ids):
-            model.recommend(int(model.user_ids[0]))
-        fallback = tuple(model.recommend(FALLBACK_PROBE_USER))
+            model.explain(int(model.user_ids[0]))
+        fallback = tuple(model.fallback(LIST_WIDTH))
         if not fallback:
             raise BundleError(f"model bundle {directory} recommends nothing (empty catalogue?)")
         number = int(version) if version.isdigit() else 0

@@ -8,20 +8,24 @@ import pytest
 
 from app.model import Recommender
 
-N_USERS, N_MOVIES = 80, 120
+N_USERS, N_MOVIES = 80, 120  # users 1..N_USERS rate 15-40 movies each (but COLD_USER)
 ADULT = {f"adult+movie+{i}+1999" for i in range(6)}
-MINORS = set(range(1, 13))  # ages 12..16
-COLD_USER = 70  # has 2 ratings: below the cold-start threshold
-PROFILE_ONLY_USER = 500  # in users.csv, no rating at all
+MINORS = set(range(1, 13))  # age 15
+COLD_USER = 70  # an adult with 2 ratings: below the cold-start threshold
+COLD_MINOR = 81  # a 15-year-old with a profile and 2 ratings (of plain movies): cold, known, a minor
+PROFILE_ONLY_USER = 500  # an adult in users.csv, no rating at all
+PROFILE_ONLY_MINOR = 501  # a 14-year-old in users.csv, no rating at all
 
 
 def movie_id(i: int) -> str:
     return f"adult+movie+{i}+1999" if i < 6 else f"plain+movie+{i}+2001"
 
 
-@pytest.fixture(scope="session")
-def catalogue() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Ratings with two taste groups (even/odd users like even/odd movies); adults rate adult movies."""
+def build_catalogue() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Ratings with two taste groups (even/odd users like even/odd movies); adults rate adult movies.
+
+    The same tables on every call (seeded), so separate processes can train the same model.
+    """
     rng = np.random.default_rng(5)
     rows = []
     for u in range(1, N_USERS + 1):
@@ -31,13 +35,15 @@ def catalogue() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             liked = (i % 2) == (u % 2)
             rating = int(np.clip(round(rng.normal(4.2 if liked else 2.3, 0.7)), 1, 5))
             rows.append((u, movie_id(int(i)), rating, 1_000_000 + len(rows)))
+    rows += [(COLD_MINOR, movie_id(10), 4, 2_000_000), (COLD_MINOR, movie_id(11), 3, 2_000_001)]
     ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "timestamp"])
+    raters = [*range(1, N_USERS + 1), COLD_MINOR]
     users = pd.DataFrame(
         {
-            "user_id": [*range(1, N_USERS + 1), PROFILE_ONLY_USER],
-            "age": [15 if u in MINORS else 30 for u in range(1, N_USERS + 1)] + [40],
-            "gender": ["F" if u % 3 == 0 else "M" for u in range(1, N_USERS + 1)] + ["F"],
-            "occupation": ["student"] * (N_USERS + 1),
+            "user_id": [*raters, PROFILE_ONLY_USER, PROFILE_ONLY_MINOR],
+            "age": [15 if u in MINORS or u == COLD_MINOR else 30 for u in raters] + [40, 14],
+            "gender": ["F" if u % 3 == 0 else "M" for u in raters] + ["F", "F"],
+            "occupation": ["student"] * (len(raters) + 2),
         }
     )
     movies = pd.DataFrame(
@@ -55,6 +61,11 @@ def catalogue() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         }
     )
     return ratings, users, movies
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return build_catalogue()
 
 
 @pytest.fixture(scope="session")

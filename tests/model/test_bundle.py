@@ -8,7 +8,10 @@ import shutil
 
 import pytest
 
-from app.model import BUNDLE_FILES, BundleError, Recommender
+from app.model import BundleError, Recommender
+
+# The default algorithm's bundle: the base's files and its similarity matrix (checksums.json lists them).
+KNN_FILES = ("arrays.npz", "ids.json", "metadata.json", "similarity.npy")
 
 
 def test_round_trip_gives_the_same_lists_and_estimates(model, catalogue, tmp_path):
@@ -30,9 +33,11 @@ def test_metadata_describes_the_model(model, tmp_path):
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
     for key in ("algorithm", "params", "trained_at", "train_size", "code_commit"):
         assert meta[key] not in (None, "")
+    assert meta["algorithm"] == "user_knn"  # the registry key the bundle loads by
+    assert sorted(json.loads((tmp_path / "b" / "checksums.json").read_text())) == sorted(KNN_FILES)
 
 
-@pytest.mark.parametrize("victim", BUNDLE_FILES)
+@pytest.mark.parametrize("victim", KNN_FILES)
 def test_a_flipped_byte_in_any_file_is_refused_naming_the_file(model, tmp_path, victim):
     bundle = model.save(tmp_path / "b")
     path = bundle / victim
@@ -43,7 +48,7 @@ def test_a_flipped_byte_in_any_file_is_refused_naming_the_file(model, tmp_path, 
         Recommender.load(bundle)
 
 
-@pytest.mark.parametrize("victim", [*BUNDLE_FILES, "checksums.json"])
+@pytest.mark.parametrize("victim", [*KNN_FILES, "checksums.json"])
 def test_a_partial_bundle_is_refused(model, tmp_path, victim):
     bundle = model.save(tmp_path / "b")
     (bundle / victim).unlink()

@@ -27,7 +27,7 @@ def test_a_known_user_is_served_without_the_neighbour_sum(model, monkeypatch):
     def refuse(*_args):
         raise AssertionError("neighbour support computed on the request path")
 
-    monkeypatch.setattr(Recommender, "_support", refuse)
+    monkeypatch.setattr(type(model), "score", refuse)  # the algorithm's neighbour support
     assert len(model.recommend(3)) == LIST_WIDTH
     with pytest.raises(AssertionError, match="request path"):
         model.recommend(3, LIST_WIDTH + 1)  # longer than what was materialised: computed

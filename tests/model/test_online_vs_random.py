@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.model import Recommender
-from auto_deployment.online_eval import ServerAttributor, report
+from auto_deployment.monitor.online_eval import ServerAttributor, report
 from simulator.load import Outcome
 from simulator.population import Population, session_lines
 from simulator.world import World

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from app.model import Recommender
-from tests.model.conftest import ADULT, COLD_USER, MINORS, N_USERS, PROFILE_ONLY_USER
+from app.recommender import COLD, FALLBACK, WARM
+from tests.model.conftest import (
+    ADULT,
+    COLD_MINOR,
+    COLD_USER,
+    MINORS,
+    N_USERS,
+    PROFILE_ONLY_MINOR,
+    PROFILE_ONLY_USER,
+)
 
+ROOT = Path(__file__).resolve().parents[2]
 UNKNOWN_USER = 99_999
 
 
@@ -16,7 +32,9 @@ def rated_by(ratings: pd.DataFrame, user: int) -> set[str]:
     return set(ratings.loc[ratings.user_id == user, "movie_id"])
 
 
-@pytest.mark.parametrize("user", [2, 3, 30, COLD_USER, PROFILE_ONLY_USER, UNKNOWN_USER])
+@pytest.mark.parametrize(
+    "user", [2, 3, 30, COLD_USER, COLD_MINOR, PROFILE_ONLY_USER, PROFILE_ONLY_MINOR, UNKNOWN_USER]
+)
 def test_every_list_has_exactly_twenty_distinct_movies(model, user):
     recs = model.recommend(user)
     assert len(recs) == 20
@@ -36,11 +54,40 @@ def test_minors_never_get_adult_movies_on_the_cf_path(model):
         assert not set(model.recommend(user, n=100)) & ADULT
 
 
-def test_unknown_and_cold_users_never_get_adult_movies(model):
-    # adult movies hold the best IMDb scores, so only the filter keeps them out of these lists
-    for user in (UNKNOWN_USER, COLD_USER if COLD_USER in MINORS else UNKNOWN_USER):
-        assert model.is_cold(user)
-        assert not set(model.recommend(user, n=100)) & ADULT
+@pytest.mark.parametrize(
+    ("user", "how"), [(COLD_MINOR, COLD), (PROFILE_ONLY_MINOR, COLD), (UNKNOWN_USER, FALLBACK)]
+)
+def test_cold_minors_and_unknown_users_never_get_adult_movies(model, catalogue, user, how):
+    ratings, users, _ = catalogue
+    age = users.loc[users.user_id == user, "age"]
+    assert (age < 18).all() and len(age) == (user != UNKNOWN_USER), "a known minor, or nobody we know"
+    made = model.explain(user, n=100)
+    assert made.how == how and model.is_cold(user)
+    assert len(made.movies) == 100 and not set(made.movies) & ADULT
+    assert not set(made.movies) & rated_by(ratings, user)
+    # only the filter keeps them out: the cold list of an adult woman (the same gender key) holds them all
+    assert set(model.recommend(PROFILE_ONLY_USER)) >= ADULT
+
+
+def test_the_cold_minor_is_a_known_user_below_the_cold_start_threshold(model, catalogue):
+    ratings, _, _ = catalogue
+    assert 0 < len(rated_by(ratings, COLD_MINOR)) < model.params["cold_min_ratings"]
+    assert COLD_MINOR in set(model.user_ids.tolist())
+
+
+def test_explain_says_how_each_list_was_made_and_gives_the_recommend_list(model):
+    expected = {2: WARM, 3: WARM, COLD_USER: COLD, COLD_MINOR: COLD, PROFILE_ONLY_USER: COLD, UNKNOWN_USER: FALLBACK}
+    for user, how in expected.items():
+        for n in (20, 50):  # materialised and computed
+            made = model.explain(user, n)
+            assert made.how == how and made.cold == (how != WARM) == model.is_cold(user), user
+            assert made.movies == model.recommend(user, n)
+
+
+def test_the_fallback_list_is_the_list_of_a_user_we_know_nothing_about(model):
+    assert model.fallback() == model.recommend(UNKNOWN_USER) == model.recommend(123_456_789)
+    assert len(model.fallback(100)) == 100 and not set(model.fallback(100)) & ADULT
+    assert model.fallback(7) == model.fallback(100)[:7]
 
 
 def test_unknown_age_counts_as_a_minor(catalogue):
@@ -64,7 +111,7 @@ def test_fallback_fills_the_list_when_neighbours_support_few_movies(model, catal
     assert len(recs) == eligible  # every eligible movie, none twice, once support runs out
 
 
-def test_cold_start_blends_imdb_rating_with_same_gender_average():
+def test_cold_start_blends_imdb_rating_with_same_gender_average(tmp_path):
     """A movie women love and men hate ranks high for a new woman, low for a new man."""
     rows = []
     for u in range(1, 41):
@@ -88,8 +135,13 @@ def test_cold_start_blends_imdb_rating_with_same_gender_average():
     woman, man = model.recommend(100, n=len(ids)), model.recommend(101, n=len(ids))
     assert woman.index("divisive+2000") == 0
     assert man.index("divisive+2000") > man.index("steady+2000")
-    # a stranger (no gender) gets the overall average: 3.0 for both, tie broken deterministically
-    assert model.recommend(555, n=len(ids)) == model.recommend(555, n=len(ids))
+    # A stranger (no gender) gets the overall average, 3.0 for every movie, and every IMDb-style score
+    # is 6.0: all tie. Popularity breaks the tie (divisive and steady have 40 raters, the others one),
+    # then catalogue position (order of first rating).
+    stranger = model.recommend(555, n=len(ids))
+    assert stranger == ["divisive+2000", "steady+2000", *(f"own+{u}+2000" for u in range(1, 41))]
+    again = Recommender.load(Recommender.train(ratings, users, movies).save(tmp_path / "again"))
+    assert again.recommend(555, n=len(ids)) == stranger
 
 
 def test_cold_start_prefers_better_imdb_rating_when_ratings_agree():
@@ -111,11 +163,20 @@ def test_cold_threshold_is_configurable(catalogue):
     assert strict.recommend(2) != Recommender.train(ratings, users, movies).recommend(2)
 
 
-def test_lists_are_deterministic_for_a_model_and_across_retraining(model, catalogue):
-    ratings, users, movies = catalogue
-    again = Recommender.train(ratings, users, movies)
-    for user in (2, 3, COLD_USER, UNKNOWN_USER):
-        assert model.recommend(user) == model.recommend(user) == again.recommend(user)
+def test_lists_are_the_same_from_a_model_trained_in_another_process_and_from_its_bundle(model, tmp_path):
+    """Another interpreter (another str hash seed) trains on the same tables and saves; we load it."""
+    probe = [2, 3, COLD_USER, COLD_MINOR, PROFILE_ONLY_USER, UNKNOWN_USER]
+    script = (
+        "import sys; from app.model import Recommender; from tests.model.conftest import build_catalogue; "
+        "Recommender.train(*build_catalogue()).save(sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "b")], env=env, cwd=ROOT, check=True, timeout=120)
+    theirs = Recommender.load(tmp_path / "b")
+    for user in probe:
+        for n in (20, 50):  # materialised and computed
+            assert theirs.recommend(user, n) == model.recommend(user, n), (user, n)
+    assert json.loads((tmp_path / "b" / "metadata.json").read_text())["params"] == model.params
 
 
 def test_warm_lists_follow_the_users_taste_group(model, catalogue):
