@@ -2,7 +2,7 @@
 
 Answers the auditor's question of design section 5 - "which model version, trained on which data,
 with what RMSE, served user U (at time T)?" - by joining ``reccom`` (one row per served request)
-with ``tracking`` (one row per version), as the read-only auditor account:
+with ``tracking`` (one row per version), as the read-only auditor account (the queries are in :mod:`app.store`):
 
     python -m auto_deployment audit user 4242 --since 2026-11-01 --until 2026-11-24T12:00
     python -m auto_deployment audit version 7 --json
@@ -19,10 +19,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-import pymysql
-
+from app import store
 from app.settings import MySQL
-from auto_deployment.schema import DatabaseUnreachable, connect
 
 
 def parse_time(text: str) -> datetime:
@@ -51,31 +49,15 @@ def iso(when: datetime | None) -> str | None:
     return text + "Z"
 
 
-def _ms(when: datetime) -> int:
-    return round(when.timestamp() * 1000)
+def _ms(when: datetime | None) -> int | None:
+    return None if when is None else round(when.timestamp() * 1000)
 
 
 def user_requests(
-    conn: pymysql.connections.Connection, user_id: int, since: datetime | None = None, until: datetime | None = None
+    settings: MySQL, user_id: int, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Every request of `user_id` served in [since, until], oldest first, with its version's provenance."""
-    where = ["r.user_id = %s"]
-    params: list[Any] = [user_id]
-    if since is not None:
-        where.append("r.served_at_ms >= %s")
-        params.append(_ms(since))
-    if until is not None:
-        where.append("r.served_at_ms <= %s")
-        params.append(_ms(until))
-    sql = (
-        "SELECT r.request_id, r.served_at_ms, r.slot, r.host, r.version_number, r.latency_ms, r.movies, "
-        "t.data_checksum, t.trained_on, t.model_rmse, t.data_creation "
-        "FROM reccom r LEFT JOIN tracking t ON t.version_number = r.version_number "
-        f"WHERE {' AND '.join(where)} ORDER BY r.served_at_ms, r.id"
-    )
-    with conn.cursor(pymysql.cursors.DictCursor) as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall()
+    rows = store.user_requests(settings, user_id, _ms(since), _ms(until))
     return [
         {
             "served_at": iso_ms(r["served_at_ms"]),
@@ -95,33 +77,21 @@ def user_requests(
     ]
 
 
-def version_summary(conn: pymysql.connections.Connection, version: int) -> dict[str, Any]:
+def version_summary(settings: MySQL, version: int) -> dict[str, Any]:
     """What version `version` served: distinct users, requests (also per slot), first and last time."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT user_id), MIN(served_at_ms), MAX(served_at_ms) "
-            "FROM reccom WHERE version_number = %s",
-            (version,),
-        )
-        requests, users, first, last = cur.fetchone()
-        cur.execute("SELECT slot, COUNT(*) FROM reccom WHERE version_number = %s GROUP BY slot ORDER BY slot",
-                    (version,))
-        slots = {slot: int(n) for slot, n in cur.fetchall()}
-        cur.execute("SELECT data_checksum, trained_on, model_rmse FROM tracking WHERE version_number = %s",
-                    (version,))
-        tracked = cur.fetchone()
-    checksum, trained_on, rmse = tracked if tracked else (None, None, None)
+    served = store.version_served(settings, version)
+    tracked = served["tracking"] or {}
     return {
         "version_number": version,
-        "tracked": tracked is not None,
-        "data_checksum": checksum,
-        "trained_on": iso(trained_on),
-        "model_rmse": rmse,
-        "users": int(users),
-        "requests": int(requests),
-        "requests_by_slot": slots,
-        "first_served": iso_ms(first),
-        "last_served": iso_ms(last),
+        "tracked": served["tracking"] is not None,
+        "data_checksum": tracked.get("data_checksum"),
+        "trained_on": iso(tracked.get("trained_on")),
+        "model_rmse": tracked.get("model_rmse"),
+        "users": served["users"],
+        "requests": served["requests"],
+        "requests_by_slot": served["by_slot"],
+        "first_served": iso_ms(served["first_ms"]),
+        "last_served": iso_ms(served["last_ms"]),
     }
 
 
@@ -188,15 +158,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Answer the auditor's question; an unreachable database or failed query is one line on stderr, exit 1."""
     settings = MySQL.from_env()
     try:
-        conn = connect(settings, "auditor")
-    except DatabaseUnreachable as exc:
-        print(f"audit: {exc}", file=sys.stderr)
-        return 1
-    try:
         if args.audit_what == "user":
-            requests = user_requests(conn, args.user_id, args.since, args.until)
+            requests = user_requests(settings, args.user_id, args.since, args.until)
             if args.json:
                 out: Any = {
                     "user_id": args.user_id,
@@ -208,11 +174,9 @@ def main(args: argparse.Namespace) -> int:
             else:
                 print(format_user(args.user_id, requests, args.since, args.until))
         else:
-            summary = version_summary(conn, args.version)
+            summary = version_summary(settings, args.version)
             print(json.dumps(summary, indent=2) if args.json else format_version(summary))
-    except (pymysql.err.MySQLError, OSError) as exc:
-        print(f"audit: query failed on {settings.host}:{settings.port}/{settings.database}: {exc}", file=sys.stderr)
+    except store.DatabaseError as exc:  # unreachable (names host, port, account) or a failed query
+        print(f"audit: {exc}", file=sys.stderr)
         return 1
-    finally:
-        conn.close()
     return 0

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app import store
 from app.contracts.bundle import CHECKSUMS
 from app.contracts.bundle import checksum as bundle_checksum
 from app.contracts.pointer import read_number
@@ -230,25 +231,10 @@ def _tracking_rows(mysql: MySQL | None) -> list[dict[str, Any]] | None:
     if mysql is None:
         return None
     try:
-        from auto_deployment import schema
-
-        conn = schema.connect(mysql, "admin")
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT version_number, data_checksum FROM tracking ORDER BY version_number")
-                rows = cur.fetchall()
-        finally:
-            conn.close()
+        return store.tracking_rows(mysql)
     except Exception as exc:  # any MySQL trouble means "not known from MySQL"
         log.warning("tracking table unreachable; using local versions only", extra=kv(error=exc))
         return None
-    out = []
-    for row in rows:
-        if isinstance(row, dict):
-            out.append({"version_number": int(row["version_number"]), "data_checksum": row["data_checksum"]})
-        else:
-            out.append({"version_number": int(row[0]), "data_checksum": row[1]})
-    return out
 
 
 def next_version(layout: Layout, mysql: MySQL | None = None) -> int:
@@ -369,28 +355,11 @@ def _tracking_row(version: int, bundle: Path, checksum: str, model_sum: str, dat
 
 def _record_tracking(mysql: MySQL, row: dict[str, Any]) -> Callable[[], None]:
     """Insert the row; return the action that deletes it again."""
-    from auto_deployment import schema
-
-    conn = schema.connect(mysql, "admin")
-    try:
-        with conn.cursor() as cur:  # record_tracking upserts; an existing number must never be overwritten
-            cur.execute("SELECT COUNT(*) FROM tracking WHERE version_number = %s", (row["version_number"],))
-            if cur.fetchone()[0]:
-                raise VersionError(f"tracking already has a row for version {row['version_number']}")
-        schema.record_tracking(conn, row)
-    finally:
-        conn.close()
-
-    def delete() -> None:
-        again = schema.connect(mysql, "admin")
-        try:
-            with again.cursor() as cur:
-                cur.execute("DELETE FROM tracking WHERE version_number = %s", (row["version_number"],))
-            again.commit()
-        finally:
-            again.close()
-
-    return delete
+    version = int(row["version_number"])
+    if store.has_tracking_row(mysql, version):  # record_tracking upserts; a used number is never overwritten
+        raise VersionError(f"tracking already has a row for version {version}")
+    store.record_tracking(mysql, row)
+    return lambda: store.delete_tracking(mysql, version)
 
 
 def create_version(
@@ -455,7 +424,7 @@ def create_version(
         row = _tracking_row(version, bundle, checksum, model_sum, data_created or datetime.now(UTC), metrics)
         try:
             undo.push("tracking row", _record_tracking(mysql, row))
-        except Exception as exc:  # pymysql and schema errors alike mean "no row"
+        except Exception as exc:  # store and row errors alike mean "no row"
             raise VersionError(f"tracking row not written to MySQL {mysql.host}:{mysql.port}: {exc}") from exc
         timed("tracking", t0)
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app import store
 from app.settings import ROOT, MySQL
-from auto_deployment import schema
 from tests.fixtures.mariadb import free_port
 
 pytestmark = pytest.mark.services
@@ -42,10 +42,10 @@ def iso(ms: int) -> str:
 @pytest.fixture
 def audited(mysql_settings: MySQL, mysql_env: dict[str, str]) -> dict[str, str]:
     """Two tracked versions and six served requests; returns the subprocess environment."""
-    conn = schema.connect(mysql_settings, "admin")
+    for version, row in VERSIONS.items():
+        store.record_tracking(mysql_settings, {"version_number": version, **row})
+    conn = store.connect(mysql_settings, "admin")
     try:
-        for version, row in VERSIONS.items():
-            schema.record_tracking(conn, {"version_number": version, **row})
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, latency_ms, movies)"

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app import store
 from app.settings import MySQL
-from auto_deployment import schema
-from auto_deployment.online_eval import ProvenanceAttributor, report
+from auto_deployment.monitor.online_eval import ProvenanceAttributor, report
 
 pytestmark = pytest.mark.services
 
@@ -35,7 +35,7 @@ def served(mysql_settings: MySQL) -> MySQL:
         ("r3", ms(T0) - 200, 2, 1, "stable_2", ",".join(A)),
         ("r4", ms(T0 + timedelta(minutes=2)) - 100, 2, 1, "stable_1", ",".join(A)),
     ]
-    conn = schema.connect(mysql_settings, "admin")
+    conn = store.connect(mysql_settings, "admin")
     try:
         with conn.cursor() as cur:
             cur.executemany(

@@ -1,8 +1,12 @@
-"""The provenance schema on a real MariaDB: versioned and idempotent, least-privilege accounts, stage writes."""
+"""The provenance store on a real MariaDB: versioned and idempotent schema, least-privilege accounts, stage writes.
+
+Also the rule that makes the store worth having: no SQL outside `app/store.py` and `app/sql/`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,11 +17,9 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from app import store
 from app.settings import ROOT, MySQL
-from auto_deployment import schema
 from tests.fixtures.mariadb import MariaDB, free_port, fresh_database_name, settings_env
-
-pytestmark = pytest.mark.services
 
 DENIED = (1142, 1143, 1044, 1045)  # table/column/database command denied, access denied
 
@@ -28,7 +30,7 @@ def run_schema_cli(settings: MySQL, *args: str) -> subprocess.CompletedProcess:
 
 
 def query(settings: MySQL, role: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = schema.connect(settings, role)
+    conn = store.connect(settings, role)
     try:
         with conn.cursor() as cur:
             cur.execute(sql, params)
@@ -45,12 +47,12 @@ def assert_denied(settings: MySQL, role: str, sql: str, params: tuple = ()) -> N
 
 def test_applying_the_schema_twice_changes_nothing_the_second_time(mariadb: MariaDB, tmp_path: Path) -> None:
     settings = mariadb.settings(fresh_database_name(), tmp_path / "spool")
-    files = [m.version for m in schema.migrations()]
+    files = [m.version for m in store.migrations()]
     assert files == sorted(files) and len(files) >= 2
 
-    assert schema.apply_schema(settings) == files
+    assert store.apply_schema(settings) == files
     before = query(settings, "admin", "SELECT version, name, checksum, applied_at FROM schema_version ORDER BY version")
-    assert schema.apply_schema(settings) == []
+    assert store.apply_schema(settings) == []
     done = run_schema_cli(settings, "apply")
     assert done.returncode == 0, done.stderr
     after = query(settings, "admin", "SELECT version, name, checksum, applied_at FROM schema_version ORDER BY version")
@@ -61,22 +63,22 @@ def test_applying_the_schema_twice_changes_nothing_the_second_time(mariadb: Mari
     assert {"schema_version", "tracking", "reccom", "releases"} <= tables
     status = run_schema_cli(settings, "status")
     assert status.returncode == 0
-    assert all(m.name in status.stdout for m in schema.migrations())
+    assert all(m.name in status.stdout for m in store.migrations())
 
 
 def test_a_new_schema_file_is_applied_on_top_of_the_existing_ones(mariadb: MariaDB, tmp_path: Path) -> None:
     settings = mariadb.settings(fresh_database_name(), tmp_path / "spool")
-    schema.apply_schema(settings)
+    store.apply_schema(settings)
     sql_dir = tmp_path / "sql"
-    shutil.copytree(schema.SQL_DIR, sql_dir)
-    last = schema.migrations()[-1].version
+    shutil.copytree(store.SQL_DIR, sql_dir)
+    last = store.migrations()[-1].version
     (sql_dir / f"{last + 1:03d}_audit_notes.sql").write_text(
         "-- a later change\nCREATE TABLE IF NOT EXISTS audit_notes (\n  id INT PRIMARY KEY\n);\n"
         "ALTER TABLE audit_notes ADD COLUMN note TEXT;\n"
     )
 
-    assert schema.apply_schema(settings, sql_dir) == [last + 1]
-    assert schema.apply_schema(settings, sql_dir) == []  # the ALTER would fail if it ran twice
+    assert store.apply_schema(settings, sql_dir) == [last + 1]
+    assert store.apply_schema(settings, sql_dir) == []  # the ALTER would fail if it ran twice
     columns = [c for c, *_ in query(settings, "admin", "SHOW COLUMNS FROM audit_notes")]
     assert columns == ["id", "note"]
 
@@ -95,9 +97,7 @@ def test_reccom_is_indexed_for_who_served_user_u_when_and_by_version(mysql_setti
 
 def test_app_account_may_only_insert_served_rows_and_read_tracking(mysql_settings: MySQL) -> None:
     s = mysql_settings
-    schema_conn = schema.connect(s, "admin")
-    schema.record_tracking(schema_conn, {"version_number": 1, "model_rmse": 0.9})
-    schema_conn.close()
+    store.record_tracking(s, {"version_number": 1, "model_rmse": 0.9})
 
     query(s, "app", "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, movies) "
                     "VALUES ('r1', 1, 2, 1, 'stable', 'h', 'a,b')")
@@ -117,9 +117,7 @@ def test_app_account_may_only_insert_served_rows_and_read_tracking(mysql_setting
 
 def test_auditor_account_reads_everything_and_writes_nothing(mysql_settings: MySQL) -> None:
     s = mysql_settings
-    conn = schema.connect(s, "admin")
-    schema.record_tracking(conn, {"version_number": 1})
-    conn.close()
+    store.record_tracking(s, {"version_number": 1})
     for table in ("tracking", "reccom", "releases", "schema_version"):
         query(s, "auditor", f"SELECT * FROM {table}")
     assert_denied(s, "auditor", "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, "
@@ -136,27 +134,26 @@ def test_auditor_account_reads_everything_and_writes_nothing(mysql_settings: MyS
 
 def test_schema_apply_keeps_account_passwords_in_step_with_settings(mysql_settings: MySQL) -> None:
     changed = replace(mysql_settings, app_password="rotated-app-secret")
-    schema.apply_schema(changed)
+    store.apply_schema(changed)
     query(changed, "app", "SELECT COUNT(*) FROM tracking")
-    with pytest.raises(schema.DatabaseUnreachable, match="movierec_app"):
-        schema.connect(mysql_settings, "app")
+    with pytest.raises(store.DatabaseUnreachable, match="movierec_app"):
+        store.connect(mysql_settings, "app")
 
 
 def test_record_tracking_upserts_only_the_columns_given(mysql_settings: MySQL) -> None:
-    conn = schema.connect(mysql_settings, "admin")
-    try:
-        schema.record_tracking(conn, {
-            "version_number": 3, "data_checksum": "d" * 64, "trained_on": "2026-11-20T03:00:00Z",
-            "model_rmse": 0.95, "params": {"k": 40}, "metrics": {"rmse": 0.95, "hit_rate": 0.2},
-            "data_creation": datetime(2026, 11, 19, 23, 0, tzinfo=UTC), "train_size": 1234,
-        })
-        schema.record_tracking(conn, {"version_number": 3, "model_rmse": 0.91, "model_checksum": "m1"})
-        with pytest.raises(ValueError, match="unknown column"):
-            schema.record_tracking(conn, {"version_number": 4, "rmse": 1.0})
-        with pytest.raises(ValueError, match="version_number"):
-            schema.record_tracking(conn, {"model_rmse": 1.0})
-    finally:
-        conn.close()
+    s = mysql_settings
+    assert not store.has_tracking_row(s, 3)
+    store.record_tracking(s, {
+        "version_number": 3, "data_checksum": "d" * 64, "trained_on": "2026-11-20T03:00:00Z",
+        "model_rmse": 0.95, "params": {"k": 40}, "metrics": {"rmse": 0.95, "hit_rate": 0.2},
+        "data_creation": datetime(2026, 11, 19, 23, 0, tzinfo=UTC), "train_size": 1234,
+    })
+    store.record_tracking(s, {"version_number": 3, "model_rmse": 0.91, "model_checksum": "m1"})
+    with pytest.raises(ValueError, match="unknown column"):
+        store.record_tracking(s, {"version_number": 4, "rmse": 1.0})
+    with pytest.raises(ValueError, match="version_number"):
+        store.record_tracking(s, {"model_rmse": 1.0})
+    assert store.has_tracking_row(s, 3) and not store.has_tracking_row(s, 4)
     rows = query(mysql_settings, "admin", "SELECT version_number, data_checksum, trained_on, model_rmse, "
                                           "model_checksum, params, data_creation, train_size FROM tracking")
     assert len(rows) == 1
@@ -168,21 +165,17 @@ def test_record_tracking_upserts_only_the_columns_given(mysql_settings: MySQL) -
 
 
 def test_record_release_stores_one_row_per_release_and_derives_error_ratios(mysql_settings: MySQL) -> None:
-    conn = schema.connect(mysql_settings, "admin")
-    try:
-        first = schema.record_release(conn, {
-            "candidate_version": 5, "previous_version": 4, "started_at": 1_790_000_000.0,
-            "ended_at": 1_790_000_060.5, "outcome": "promoted", "canary_latency_ms": 12.5,
-            "canary_requests": 200, "canary_errors": 2, "stable_requests": 800, "stable_errors": 0,
-            "reason": "latency 12.5 ms < 500 ms",
-        })
-        second = schema.record_release(conn, {"candidate_version": 6, "previous_version": 5,
-                                              "started_at": datetime(2026, 11, 24, tzinfo=UTC), "outcome": "aborted",
-                                              "reason": "prometheus unreachable"})
-        with pytest.raises(ValueError, match="outcome"):
-            schema.record_release(conn, {"candidate_version": 7, "started_at": 0, "outcome": "maybe"})
-    finally:
-        conn.close()
+    first = store.record_release(mysql_settings, {
+        "candidate_version": 5, "previous_version": 4, "started_at": 1_790_000_000.0,
+        "ended_at": 1_790_000_060.5, "outcome": "promoted", "canary_latency_ms": 12.5,
+        "canary_requests": 200, "canary_errors": 2, "stable_requests": 800, "stable_errors": 0,
+        "reason": "latency 12.5 ms < 500 ms",
+    })
+    second = store.record_release(mysql_settings, {"candidate_version": 6, "previous_version": 5,
+                                                   "started_at": datetime(2026, 11, 24, tzinfo=UTC),
+                                                   "outcome": "aborted", "reason": "prometheus unreachable"})
+    with pytest.raises(ValueError, match="outcome"):
+        store.record_release(mysql_settings, {"candidate_version": 7, "started_at": 0, "outcome": "maybe"})
     assert second > first
     rows = query(mysql_settings, "admin", "SELECT id, candidate_version, outcome, canary_error_ratio, "
                                           "stable_error_ratio, started_at, ended_at FROM releases ORDER BY id")
@@ -195,12 +188,12 @@ def test_record_release_stores_one_row_per_release_and_derives_error_ratios(mysq
 def test_tracking_row_maps_a_bundles_metadata() -> None:
     metadata = {"version": 7, "algorithm": "knn", "params": {"k": 40}, "trained_at": "2026-11-24T07:30:00Z",
                 "train_size": 900, "code_commit": "abc123", "data_checksum": "cafe", "metrics": {"rmse": 0.93}}
-    row = schema.tracking_row(metadata, model_checksum="beef")
+    row = store.tracking_row(metadata, model_checksum="beef")
     assert row["version_number"] == 7 and row["model_rmse"] == 0.93 and row["trained_on"] == "2026-11-24T07:30:00Z"
     assert (row["data_checksum"], row["model_checksum"], row["code_commit"]) == ("cafe", "beef", "abc123")
-    assert set(row) <= set(schema.TRACKING_COLUMNS)
+    assert set(row) <= set(store.TRACKING_COLUMNS)
     with pytest.raises(ValueError, match="version"):
-        schema.tracking_row({"version": "dev"})
+        store.tracking_row({"version": "dev"})
 
 
 def test_schema_command_says_clearly_when_mysql_is_unreachable(tmp_path: Path) -> None:
@@ -223,3 +216,67 @@ def test_mariadb_script_start_is_idempotent_and_status_reports_the_pid(mariadb: 
     stopped = elsewhere.script("stop")
     assert "not running" in stopped.stdout
     assert mariadb.script("status").returncode == 0  # the other run dir's stop left this server alone
+
+
+def test_tracking_rows_list_every_version_and_an_undone_row_is_gone(mysql_settings: MySQL) -> None:
+    s = mysql_settings
+    assert store.tracking_rows(s) == []
+    store.record_tracking(s, {"version_number": 4, "data_checksum": "d4"})
+    store.record_tracking(s, {"version_number": 2})
+    assert store.tracking_rows(s) == [{"version_number": 2, "data_checksum": None},
+                                      {"version_number": 4, "data_checksum": "d4"}]
+    store.delete_tracking(s, 4)
+    assert [r["version_number"] for r in store.tracking_rows(s)] == [2]
+    assert not store.has_tracking_row(s, 4)
+
+
+def test_failures_reach_callers_as_store_errors_never_as_driver_errors(mysql_settings: MySQL) -> None:
+    """Callers catch DatabaseUnreachable / DatabaseError only, so the driver can change without touching them."""
+    unreachable = replace(mysql_settings, port=free_port())
+    with pytest.raises(store.DatabaseUnreachable, match="cannot reach MySQL"):
+        store.has_tracking_row(unreachable, 1)
+    with pytest.raises(ValueError, match="unknown column"):  # a bad row is refused before any connection
+        store.record_tracking(unreachable, {"version_number": 1, "rmse": 0.9})
+    empty = replace(mysql_settings, database=fresh_database_name())
+    conn = store.connect(empty, "admin", database=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{empty.database}`")
+    finally:
+        conn.close()
+    with pytest.raises(store.DatabaseError, match="query failed") as info:
+        store.has_tracking_row(empty, 1)  # no tables: the statement fails, the connection did not
+    assert not isinstance(info.value, store.DatabaseUnreachable)
+
+
+SQL = re.compile(
+    r"\b(INSERT (IGNORE )?INTO|SELECT\b.*\bFROM|UPDATE \w+ SET|DELETE FROM|CREATE (TABLE|DATABASE|USER)"
+    r"|ALTER (TABLE|USER)|GRANT \w+ ON|DROP (TABLE|DATABASE))\b"
+)
+DRIVER = re.compile(r"^\s*(import|from)\s+(pymysql|MySQLdb|mysql\.connector|psycopg2?)\b|\.cursor\(", re.M)
+STORE = ROOT / "app" / "store.py"
+SCHEMA_FILES = ROOT / "app" / "sql"
+
+
+def test_no_sql_or_database_connection_outside_the_store() -> None:
+    """Swapping MySQL for PostgreSQL must stay one module (app/store.py) plus the schema files (app/sql/).
+
+    Python code of every package may neither hold SQL text nor talk to the driver; schema files live in one folder.
+    Exempt by design: the scripts that install and start the database server itself (ops/mariadb.sh,
+    docker/bases/mysql.entrypoint.sh) - another database means other such scripts anyway.
+    """
+    offenders = []
+    for package in ("app", "auto_deployment", "ops", "bench", "simulator"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == STORE:
+                continue
+            text = path.read_text(encoding="utf-8")
+            for number, line in enumerate(text.splitlines(), 1):
+                if SQL.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+            offenders += [f"{path.relative_to(ROOT)}: {m.group(0).strip()}" for m in DRIVER.finditer(text)]
+        offenders += [f"{p.relative_to(ROOT)}: schema file outside app/sql/"
+                      for p in (ROOT / package).rglob("*.sql") if p.parent != SCHEMA_FILES]
+    assert offenders == []
+    assert SQL.search(STORE.read_text()) and DRIVER.search(STORE.read_text())  # the patterns do find SQL
+    assert len(list(SCHEMA_FILES.glob("*.sql"))) >= 3

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from app import store
 from app.contracts.bundle import bundle_dir, problem
 from app.contracts.pointer import write_stable
 from app.settings import MySQL
-from auto_deployment import schema
 from auto_deployment.model.registry import Layout, commit_promotion, next_version
 from auto_deployment.pipeline import EXIT_FAILED
 from tests.fixtures.mariadb import settings_env
@@ -75,11 +75,7 @@ def test_version_numbers_are_never_reused(pipeline_repo: PipelineRepo, mysql_set
     pipeline_repo.models_dir.mkdir()
     (pipeline_repo.models_dir / "7.dvc").write_text("outs: []\n")  # a version whose bundle is not checked out
     assert next_version(layout, mysql_settings) == 8
-    conn = schema.connect(mysql_settings, "admin")
-    try:
-        schema.record_tracking(conn, {"version_number": 9, "trained_on": datetime.now(UTC), "model_rmse": 0.9})
-    finally:
-        conn.close()
+    store.record_tracking(mysql_settings, {"version_number": 9, "trained_on": datetime.now(UTC), "model_rmse": 0.9})
     assert next_version(layout, mysql_settings) == 10
     # a run then takes 10, and the row of 9 is left as it was
     done = pipeline_repo.run("--source", f"file:{pipeline_repo.events_log}", "--no-release",
