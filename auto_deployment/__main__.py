@@ -19,10 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("auto_deployment.model.train", "train a model bundle from data/"),
     "evaluate": ("auto_deployment.model.evaluate", "offline evaluation: RMSE gate number and ranking metrics"),
     "run": ("auto_deployment.pipeline", "the whole retraining pipeline once"),
-    "release": ("auto_deployment.release.controller", "canary release of a version: deploy, observe, promote or abort"),
+    "release": ("auto_deployment.release.cli", "canary release of a version: deploy, observe, promote or abort"),
     "schedule": ("auto_deployment.scheduler", "run the pipeline periodically"),
     "audit": ("auto_deployment.audit", "which model served a user, and what a version served"),
-    "report": ("auto_deployment.report", "reports (online evaluation, data)"),
+    "report": ("auto_deployment.monitor.report", "reports (online evaluation, data)"),
 }
 
 

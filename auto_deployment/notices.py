@@ -1,4 +1,8 @@
-"""Telling the team: one notice goes by email (SMTP) and to Slack (incoming webhook).
+"""Telling the team: what a notice says, and its delivery by email (SMTP) and to Slack (incoming webhook).
+
+One module renders every message from a typed result — `release_notice` from a release's
+`ReleaseResult`, `run_notice` from a retraining run's `RunSummary` (which carries its release's
+result, so a run that releases its version sends one notice, not two) — and `Notifier` delivers it.
 
 A notice is best effort by design: the release or retraining run it reports on has already
 happened, so a missing setting is logged and skipped, and a mail or Slack server that is down or
@@ -18,11 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any, Protocol
 
 from app.logs import kv
 from app.settings import Notify
+from app.store import ABORTED, FAILED, PROMOTED
 
 log = logging.getLogger(__name__)
+
+FIGURES_SHOWN = ("latency_ms", "error_ratio", "requests", "errors", "no_data")  # a release's own notice
+RUN_FIGURES_SHOWN = ("latency_ms", "error_ratio", "requests")  # the release part of a run's notice
 
 
 @dataclass
@@ -34,6 +43,19 @@ class Delivery:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Notice:
+    """One message: a subject, a sentence, and `key: value` fields in the order they are shown."""
+
+    subject: str
+    body: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Notifies(Protocol):
+    def send(self, subject: str, body: str, fields: Mapping[str, object] | None = None) -> Delivery: ...
+
+
 def format_fields(fields: Mapping[str, object]) -> list[str]:
     """`key: value` lines, floats shortened, in the caller's order."""
     lines = []
@@ -43,11 +65,134 @@ def format_fields(fields: Mapping[str, object]) -> list[str]:
     return lines
 
 
-class Notifier:
-    """`Notifier(Notify.from_env()).send(subject, body, fields)` → email and Slack, never raises."""
+# --- what the notices say --------------------------------------------------------------------------
 
-    def __init__(self, settings: Notify | None = None) -> None:
-        self.settings = settings or Notify.from_env()
+
+class ReleaseResult(Protocol):
+    """What a notice needs of a release's result (`auto_deployment.release.state.ReleaseResult`).
+
+    Described here rather than imported, so that the release may send notices without the notices
+    depending back on the release package.
+    """
+
+    candidate: int
+    previous: int | None
+    outcome: str
+    reason: str
+    figures: dict[str, Any]
+    started_at: str | None
+    finished_at: str | None
+    commit: str | None
+    recorded: bool
+
+
+def release_notice(result: ReleaseResult) -> Notice:
+    """The notice of a release (sent by the release itself when it runs alone: the CLI)."""
+    c, p, reason = result.candidate, result.previous, result.reason
+    verb = {PROMOTED: "promoted", ABORTED: "aborted", FAILED: "FAILED"}.get(result.outcome, result.outcome)
+    subject = f"movierec release of model version {c}: {verb}"
+    body = {
+        PROMOTED: f"Version {c} now serves on every slot (was {p}): {reason}.",
+        ABORTED: f"Version {c} did not pass the canary gate; every slot serves {p}: {reason}.",
+    }.get(result.outcome, f"The release of version {c} failed: {reason}.")
+    fields: dict[str, Any] = {
+        "candidate": c, "previous": p, "outcome": result.outcome, "reason": reason,
+        "started_at": result.started_at, "finished_at": result.finished_at,
+    }
+    for side in ("canary", "stable"):
+        figures = result.figures.get(side) or {}
+        for key in FIGURES_SHOWN:
+            if key in figures:
+                fields[f"{side}_{key}"] = figures[key]
+    if result.commit:
+        fields["commit"] = result.commit
+    fields["recorded_in_mysql"] = result.recorded
+    return Notice(subject, body, fields)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished retraining run tells the team (built by the pipeline from its run report)."""
+
+    run_id: str
+    outcome: str  # versioned | released | release_aborted | refused | checks_failed | failed | interrupted
+    reason: str = ""
+    failed_step: str = ""
+    version: int | None = None
+    rmse: float | None = None
+    rmse_gate: float | None = None
+    ndcg: float | None = None
+    data_checksum: str = ""
+    commit: str = ""
+    release: ReleaseResult | None = None
+
+
+def release_fields(release: ReleaseResult | None, run_reason: str) -> dict[str, Any]:
+    """The release's outcome and figures inside a run's notice (the release itself sends none)."""
+    if release is None:
+        return {}
+    out: dict[str, Any] = {"release": release.outcome}
+    if release.reason and release.reason != run_reason:
+        out["release reason"] = release.reason
+    for side in ("canary", "stable"):
+        figures = release.figures.get(side) or {}
+        for key in RUN_FIGURES_SHOWN:
+            if figures.get(key) is not None:
+                out[f"{side} {key}"] = figures[key]
+    if release.commit:
+        out["promotion commit"] = release.commit
+    return out
+
+
+def run_notice(run: RunSummary) -> Notice:
+    """The one notice of a retraining run: new version, release outcome, refusal or failure, and why."""
+    fields: dict[str, Any] = {"run": run.run_id}
+    if run.version is not None:
+        fields["version"] = run.version
+    if run.rmse is not None:
+        fields["RMSE"] = run.rmse
+        fields["RMSE gate"] = run.rmse_gate
+    if run.ndcg is not None:
+        fields["NDCG@20"] = run.ndcg
+    if run.data_checksum:
+        fields["data checksum"] = run.data_checksum
+    if run.commit:
+        fields["commit"] = run.commit
+    fields.update(release_fields(run.release, run.reason))
+    if run.outcome in ("versioned", "released"):
+        what = "promoted to stable" if run.outcome == "released" else "versioned (not released)"
+        rmse = f"{run.rmse:.4f}" if run.rmse is not None else "?"
+        subject = f"movierec: model version {run.version} {what}, RMSE {rmse}"
+        body = f"Retraining run {run.run_id} made model version {run.version}: {what}."
+        return Notice(subject, body, fields)
+    fields["step"] = run.failed_step
+    fields["reason"] = run.reason
+    if run.outcome == "release_aborted":
+        subject = f"movierec: model version {run.version} versioned, release not promoted"
+        body = f"Version {run.version} passed the gate and was versioned; its release ended: {run.reason}"
+    elif run.outcome == "refused":
+        subject = f"movierec: retraining refused by the RMSE gate ({run.reason})"
+        body = f"Run {run.run_id} made no version: {run.reason}."
+    elif run.outcome == "checks_failed":
+        subject = "movierec: retraining refused by the data checks"
+        body = f"Run {run.run_id} made no version: {run.reason}."
+    else:
+        subject = f"movierec: retraining failed at step {run.failed_step}"
+        body = f"Run {run.run_id} made no version: {run.reason}."
+    return Notice(subject, body, fields)
+
+
+# --- delivery --------------------------------------------------------------------------------------
+
+
+class Notifier:
+    """`Notifier(settings).send(subject, body, fields)` → email and Slack, never raises."""
+
+    def __init__(self, settings: Notify) -> None:
+        self.settings = settings
+
+    def send_notice(self, notice: Notice) -> Delivery:
+        return self.send(notice.subject, notice.body, notice.fields)
 
     def send(self, subject: str, body: str, fields: Mapping[str, object] | None = None) -> Delivery:
         fields = dict(fields or {})

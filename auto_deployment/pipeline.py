@@ -15,8 +15,9 @@
 * **version**: `auto_deployment.model.registry.create_version` (bundle, DVC add + push, git commit,
   tracking row, git push): all or nothing.
 * **release**: the canary release of the new version (`--no-release` skips, `--observe` sets the
-  window); when it promotes, the `version.txt` it wrote is committed.
-* **notify**: email + Slack on a new version, a refusal or a failure (which step and why).
+  window); a promotion writes and commits `version.txt` itself. The release is asked for no notice:
+* **notify**: the run's one email + Slack notice (`auto_deployment.notices.run_notice`) on a new version,
+  a refusal or a failure (which step and why) carries the release's outcome and figures.
 
 Every step is logged with its timing (`step started`/`step finished`), and the run report, a JSON
 file `<run>/pipeline/<run id>.json`, is rewritten after every step so progress can be followed.
@@ -28,13 +29,9 @@ the run is abandoned before the next one; the versioning step is never cut in ha
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -47,19 +44,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.clock import now_iso, parse_duration, stamp_id
 from app.contracts.tables import load_tables
+from app.files import LockHeld, exclusive_lock, write_json_atomic
 from app.logs import kv
-from app.settings import MySQL, Notify, Pipeline
+from app.settings import MySQL, Notify
 from auto_deployment.data.checks import CheckLimits, run_checks
-from auto_deployment.data.ingest import ingest, make_source, parse_duration
-from auto_deployment.model.registry import (
-    DATA_FILES,
-    Layout,
-    commit_promotion,
-    create_version,
-    latest_version,
-    next_version,
-)
+from auto_deployment.data.ingest import ingest, make_source
+from auto_deployment.model.registry import DATA_FILES, Layout, create_version, latest_version, next_version
+from auto_deployment.notices import Notifier, RunSummary, run_notice
+from auto_deployment.release.state import FAILED, PROMOTED, ReleaseResult
+from auto_deployment.release.wiring import ReleaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +81,9 @@ class PipelineStop(Exception):  # a stop, not always an error
         self.reason = reason
 
 
-class LockBusy(RuntimeError):
-    """Another process runs the pipeline right now."""
-
-
 @dataclass
 class Options:
-    """Everything one run needs; `from_args` fills the gaps from app.settings."""
+    """Everything one run needs; `from_args` reads the settings once (the edge) and fills them in."""
 
     source: str = "kafka"
     collect_s: float = 900.0
@@ -106,10 +97,12 @@ class Options:
     layout: Layout | None = None
     mysql: MySQL | None = None
     notify: Notify | None = None
+    release_settings: ReleaseSettings | None = None  # needed only when `release` is on
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
-        settings = Pipeline.from_env()
+        every = ReleaseSettings.from_env()  # the run's settings: read once here, passed down
+        settings = every.pipeline
         limits = CheckLimits.from_settings(settings)
         if args.min_new_ratings is not None:
             limits = CheckLimits(min_new_ratings=args.min_new_ratings, max_unknown_share=limits.max_unknown_share)
@@ -125,6 +118,10 @@ class Options:
             events_dir=args.events_dir,
             limits=limits,
             keep_work=args.keep_work,
+            layout=Layout.from_settings(every.paths, settings),
+            mysql=every.mysql,
+            notify=every.notify,
+            release_settings=every,
         )
 
 
@@ -163,28 +160,7 @@ class RunReport:
         return asdict(self)
 
 
-# --- lock, stop, report ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def pipeline_lock(run_dir: Path) -> Iterator[Path]:
-    """Hold `<run>/pipeline.lock` (fcntl, non-blocking) for one run; raise LockBusy if taken."""
-    path = Path(run_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise LockBusy(f"another pipeline run holds {path} (pid {holder})") from exc
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+# --- stop, report ----------------------------------------------------------------------------------
 
 
 class StoppableSource:
@@ -222,20 +198,8 @@ class StoppableSource:
         self._inner.close()
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _write_report(report: RunReport) -> None:
-    path = Path(report.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(report.path, report.to_dict())
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -248,20 +212,21 @@ class _Run:
         self.o = options
         self.stop = stop
         self.source = source
-        self.layout = options.layout or Layout.from_settings()
-        self.mysql = options.mysql or MySQL.from_env()
+        assert options.layout is not None and options.mysql is not None and options.notify is not None
+        self.layout = options.layout
+        self.mysql = options.mysql
         self.events_dir = Path(options.events_dir or self.layout.data_dir / "events")
-        run_id = new_run_id()
+        run_id = stamp_id()
         self.work = self.layout.run_dir / "pipeline" / "work" / run_id
         self.staged = self.work / "data"
-        self.report = RunReport(run_id=run_id, started=_now(), rmse_gate=options.rmse_gate,
+        self.report = RunReport(run_id=run_id, started=now_iso(), rmse_gate=options.rmse_gate,
                                 path=str(self.layout.run_dir / "pipeline" / f"{run_id}.json"))
         self.metrics: dict[str, Any] = {}
         self.prepared: Any = None
         self.prepared_at: datetime | None = None
         self.version: int | None = None
         self.bundle: Path | None = None
-        self.release_result: dict[str, Any] = {}
+        self.release_result: ReleaseResult | None = None
 
     def step(self, name: str, action: Callable[[], dict[str, Any]]) -> None:
         if self.stop.is_set():
@@ -363,16 +328,11 @@ class _Run:
 
     def release(self) -> dict[str, Any]:
         assert self.version is not None
-        outcome = run_release(self.version, self.o.observe_s, self.stop)
-        self.release_result = outcome
-        details = dict(outcome)
-        if outcome.get("outcome") == "promoted":
-            try:
-                details["promotion_commit"] = commit_promotion(self.layout, self.version)
-            except Exception as exc:  # the release happened; a git hiccup is reported, not fatal
-                details["promotion_commit_error"] = str(exc)
-                log.warning("version.txt not committed", extra=kv(version=self.version, error=exc))
-        return details
+        if self.o.release_settings is None:
+            raise ValueError("a release needs the release settings (Options.release_settings)")
+        settings = self.o.release_settings.with_release(observe_s=self.o.observe_s)
+        self.release_result = result = run_release(self.version, settings, self.stop)
+        return result.to_dict()  # a promotion committed version.txt itself: `commit`
 
     # -- the whole run ------------------------------------------------------------------------------
 
@@ -393,11 +353,12 @@ class _Run:
             report.outcome, report.exit_code = "versioned", EXIT_OK
             if self.o.release:
                 self.step("release", self.release)
-                if self.release_result.get("outcome") == "promoted":
+                assert self.release_result is not None
+                if self.release_result.outcome == PROMOTED:
                     report.outcome = "released"
                 else:
                     report.outcome, report.exit_code = "release_aborted", EXIT_RELEASE
-                    report.reason = str(self.release_result.get("reason", ""))
+                    report.reason = self.release_result.reason
         except PipelineStop as stop:
             report.outcome, report.exit_code, report.reason = stop.outcome, stop.exit_code, stop.reason
             if stop.outcome in ("refused", "checks_failed", "failed"):
@@ -406,7 +367,7 @@ class _Run:
             self._notify()
         if not self.o.keep_work:
             shutil.rmtree(self.work, ignore_errors=True)
-        report.state, report.finished = "finished", _now()
+        report.state, report.finished = "finished", now_iso()
         report.seconds = round(time.perf_counter() - started, 3)
         _write_report(report)
         log.info("pipeline run finished", extra=kv(run=report.run_id, outcome=report.outcome,
@@ -415,83 +376,36 @@ class _Run:
         return report
 
     def _notify(self) -> None:
-        from auto_deployment.notices import Notifier
-
         r = self.report
         started = time.perf_counter()
-        subject, body, fields = notice(r, self.metrics)
-        delivery = Notifier(self.o.notify or Notify.from_env()).send(subject, body, fields)
+        assert self.o.notify is not None
+        delivery = Notifier(self.o.notify).send_notice(run_notice(run_summary(r, self.metrics, self.release_result)))
         r.steps.append(StepRecord("notify", "ok" if not delivery.failed else "failed",
                                   round(time.perf_counter() - started, 3),
                                   {"sent": delivery.sent, "skipped": delivery.skipped, "failed": delivery.failed}))
 
 
-def notice(report: RunReport, metrics: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """Subject, body and fields of the notice of a finished run."""
-    fields: dict[str, Any] = {"run": report.run_id}
-    if report.version is not None:
-        fields["version"] = report.version
-    if report.rmse is not None:
-        fields["RMSE"] = report.rmse
-        fields["RMSE gate"] = report.rmse_gate
-    if "ndcg@20" in metrics:
-        fields["NDCG@20"] = metrics["ndcg@20"]
-    if report.data_checksum:
-        fields["data checksum"] = report.data_checksum
+def run_summary(report: RunReport, metrics: dict[str, Any], release: ReleaseResult | None = None) -> RunSummary:
+    """What the run's notice says, from its report, its offline metrics and its release's result."""
     version_step = report.step("version")
-    if version_step and version_step.status == "ok":
-        fields["commit"] = version_step.details.get("commit", "")
-    fields.update(release_fields(report))
-    if report.outcome in ("versioned", "released"):
-        what = "promoted to stable" if report.outcome == "released" else "versioned (not released)"
-        rmse = f"{report.rmse:.4f}" if report.rmse is not None else "?"
-        subject = f"movierec: model version {report.version} {what}, RMSE {rmse}"
-        body = f"Retraining run {report.run_id} made model version {report.version}: {what}."
-        return subject, body, fields
-    fields["step"] = report.failed_step
-    fields["reason"] = report.reason
-    if report.outcome == "release_aborted":
-        subject = f"movierec: model version {report.version} versioned, release not promoted"
-        body = f"Version {report.version} passed the gate and was versioned; its release ended: {report.reason}"
-    elif report.outcome == "refused":
-        subject = f"movierec: retraining refused by the RMSE gate ({report.reason})"
-        body = f"Run {report.run_id} made no version: {report.reason}."
-    elif report.outcome == "checks_failed":
-        subject = "movierec: retraining refused by the data checks"
-        body = f"Run {report.run_id} made no version: {report.reason}."
-    else:
-        subject = f"movierec: retraining failed at step {report.failed_step}"
-        body = f"Run {report.run_id} made no version: {report.reason}."
-    return subject, body, fields
+    commit = version_step.details.get("commit", "") if version_step and version_step.status == "ok" else ""
+    return RunSummary(
+        run_id=report.run_id, outcome=report.outcome, reason=report.reason, failed_step=report.failed_step,
+        version=report.version, rmse=report.rmse, rmse_gate=report.rmse_gate, ndcg=metrics.get("ndcg@20"),
+        data_checksum=report.data_checksum, commit=commit or "", release=release,
+    )
 
 
-def release_fields(report: RunReport) -> dict[str, Any]:
-    """The canary release's outcome and figures, for the run's notice (the release itself sends none)."""
-    step = report.step("release")
-    if step is None or not step.details:
-        return {}
-    details = step.details
-    out: dict[str, Any] = {"release": details.get("outcome", step.status)}
-    if details.get("reason") and details["reason"] != report.reason:
-        out["release reason"] = details["reason"]
-    for slot in ("canary", "stable"):
-        figures = (details.get("figures") or {}).get(slot) or {}
-        for key in ("latency_ms", "error_ratio", "requests"):
-            if figures.get(key) is not None:
-                out[f"{slot} {key}"] = figures[key]
-    return out
-
-
-def run_release(version: int, observe_s: float | None, stop: threading.Event) -> dict[str, Any]:
-    """The canary release of `version` by the release controller → {"outcome": promoted|aborted|failed, ...}."""
-    from auto_deployment.release import controller as release
+def run_release(version: int, settings: ReleaseSettings, stop: threading.Event) -> ReleaseResult:
+    """The canary release of `version`, without a notice of its own: the run's notice carries its result."""
+    from auto_deployment.release.controller import ReleaseRefused
+    from auto_deployment.release.state import ReleaseLocked
+    from auto_deployment.release.wiring import release_version
 
     try:
-        # one notice per run: the run's own, which carries the release's outcome and figures
-        result = release.release_version(version, observe_s=observe_s, stop=stop, notifier=release.HeldNotifier())
-    except (release.ReleaseRefused, release.ReleaseLocked) as exc:
-        return {"outcome": release.FAILED, "reason": f"release refused: {exc}"}
-    return result.to_dict()
+        return release_version(version, settings, notify=False, stop=stop)
+    except (ReleaseRefused, ReleaseLocked) as exc:
+        return ReleaseResult(candidate=version, previous=None, outcome=FAILED, reason=f"release refused: {exc}")
 
 
 def _short(details: dict[str, Any]) -> dict[str, Any]:
@@ -500,10 +414,9 @@ def _short(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_pipeline(options: Options, *, stop: threading.Event | None = None, source: Any | None = None) -> RunReport:
-    """One run under the lock; raises LockBusy when another process is running the pipeline."""
-    layout = options.layout or Layout.from_settings()
-    options.layout = layout
-    with pipeline_lock(layout.run_dir):
+    """One run under `<run>/pipeline.lock`; raises `app.files.LockHeld` when another process runs the pipeline."""
+    assert options.layout is not None, "Options.from_args (or the caller) gives the layout"
+    with exclusive_lock(options.layout.run_dir / LOCK_NAME, f"pid={os.getpid()}"):
         return _Run(options, stop or threading.Event(), source).execute()
 
 
@@ -564,7 +477,7 @@ def main(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         report = run_pipeline(options, stop=stop)
-    except LockBusy as exc:
+    except LockHeld as exc:
         log.warning("run skipped: the pipeline is already running", extra=kv(reason=exc))
         return EXIT_LOCKED
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import signal
@@ -31,14 +32,15 @@ from pathlib import Path
 
 import schedule
 
+from app.clock import parse_duration
 from app.logs import kv
-from app.settings import Pipeline
+from app.settings import Paths, Pipeline
 from auto_deployment import pipeline
 
 log = logging.getLogger(__name__)
 
-_EVERY = re.compile(r"\s*([1-9][0-9]*)\s*([dhms])\s*", re.ASCII)
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+# the `schedule` library's units, largest first, and their length in seconds
+_UNITS = (("days", 86400), ("hours", 3600), ("minutes", 60), ("seconds", 1))
 _AT = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?", re.ASCII)
 OUTCOMES = {
     pipeline.EXIT_OK: "ok (new version, or no new data)",
@@ -53,11 +55,20 @@ OUTCOMES = {
 
 
 def parse_every(text: str) -> tuple[int, str]:
-    """`"2d"` → (2, "days"); units d, h, m, s."""
-    match = _EVERY.fullmatch(text or "")
-    if match is None:
-        raise ValueError(f"--every {text!r}: expected a positive number and d, h, m or s (2d, 6h, 30m, 10s)")
-    return int(match.group(1)), _UNITS[match.group(2)]
+    """The period in the one duration grammar (`app.clock`), as (count, unit) of the `schedule` library.
+
+    `"2d"` → (2, "days"), `"1.5h"` → (90, "minutes"), `"2w"` → (14, "days"), `"45"` → (45, "seconds"):
+    the largest unit that divides the period, so days keep their time of day (`--at`).
+    """
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"--every {text!r}: {exc}") from None
+    whole = round(seconds)
+    if whole < 1 or not math.isclose(seconds, whole, abs_tol=1e-9):
+        raise ValueError(f"--every {text!r}: a period is a whole number of seconds, at least 1 (2d, 6h, 30m, 10s)")
+    unit, size = next((unit, size) for unit, size in _UNITS if whole % size == 0)
+    return whole // size, unit
 
 
 def build_schedule(every: str, at: str, job: object) -> schedule.Scheduler:
@@ -118,7 +129,8 @@ class Runner:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings = Pipeline.from_env()
     parser.add_argument("--every", default=settings.every,
-                        help=f"period: Nd, Nh, Nm or Ns (default SCHEDULE_EVERY={settings.every})")
+                        help=f"period: 2d, 6h, 30m, 10s, a bare number is seconds (default {settings.every}, "
+                             "SCHEDULE_EVERY)")
     parser.add_argument("--at", default=settings.at,
                         help=f"time of day HH:MM for periods in days (default SCHEDULE_AT={settings.at})")
     parser.add_argument("--now", action="store_true", help="run once immediately (then exit unless --keep-going)")
@@ -164,6 +176,4 @@ def _log_next(scheduler: schedule.Scheduler) -> None:
 
 
 def _lock_path() -> Path:
-    from app.settings import Paths
-
     return Paths.from_env().run_dir / pipeline.LOCK_NAME

@@ -29,7 +29,7 @@ from auto_deployment.data.checks import CheckLimits
 from auto_deployment.model.registry import Layout
 from auto_deployment.pipeline import Options, run_pipeline
 from bench.table import render
-from tests.fixtures.pipeline import DVC, event_lines, sh, write_log
+from tests.fixtures.pipeline import DVC, event_lines, git_init, sh, write_log
 
 STEP_ROWS = ("collect", "prepare", "checks", "evaluate", "gate", "train", "version")
 VERSION_PARTS = ("setup", "install", "dvc_add", "dvc_push", "git_commit", "tracking")
@@ -71,9 +71,7 @@ def _repo(base: Path, tables: Tables, new_share: float) -> tuple[Layout, Path, i
     repo = base / "repo"
     repo.mkdir(parents=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    sh(["git", "init", "-q", "-b", "main"], repo)
-    sh(["git", "config", "user.name", "bench"], repo)
-    sh(["git", "config", "user.email", "bench@example.org"], repo)
+    git_init(repo, "bench")
     sh([DVC, "init", "-q"], repo, env=env)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-q", "-m", "initial"], repo)

@@ -14,7 +14,12 @@ from any slot) until the slot really serves the new version:
 
 `NativeDeployer` (one process per slot on this machine) and `ComposeDeployer` (containers sharing
 the pointer directory as a volume, optionally nudged with ``docker-compose kill -s HUP``) differ only
-in that nudge; the release controller sees the `SlotDeployer` protocol.
+in that nudge; the release controller sees the `SlotDeployer` protocol. Which slots exist, and their
+ports, come from the topology (`app.contracts.topology`).
+
+`StableVersion` is the other half of a promotion: ``version.txt`` and ``<run>/slots/stable`` name the
+new stable version, and ``version.txt`` is committed (and pushed) when the repository is a git
+repository, so a release from the command line leaves no uncommitted ``version.txt`` behind.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from pathlib import Path
 from typing import Protocol
 
 from app.contracts import pointer
+from app.contracts.topology import Topology, loopback_address
 from app.logs import kv
-from app.settings import Paths, Release, Serving
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +65,22 @@ class SlotDeployer(Protocol):
         ...
 
 
-def parse_slot_urls(text: str) -> dict[str, str]:
+def parse_slot_urls(text: str, topology: Topology) -> dict[str, str]:
     """`stable_1=http://a:5001,canary=http://c:5003` → {slot: base URL}; unknown slots refused."""
     urls: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         slot, sep, url = item.partition("=")
         slot, url = slot.strip(), url.strip().rstrip("/")
-        if not sep or not url or slot not in pointer.SLOTS:
-            raise ValueError(f"slot URL {item!r}: expected SLOT=URL with SLOT one of {', '.join(pointer.SLOTS)}")
+        if not sep or not url or slot not in topology.names:
+            raise ValueError(f"slot URL {item!r}: expected SLOT=URL with SLOT one of {', '.join(topology.names)}")
         urls[slot] = url
     return urls
 
 
-def slot_urls(release: Release | None = None, serving: Serving | None = None) -> dict[str, str]:
-    """Each slot's own URL: `RELEASE_SLOT_URLS` where given, else loopback and `MOVIEREC_SLOT_PORTS`."""
-    release = release or Release.from_env()
-    serving = serving or Serving.from_env()
-    urls = {slot: f"http://127.0.0.1:{serving.port_of(slot)}" for slot in pointer.SLOTS}
-    urls.update(parse_slot_urls(release.slot_urls))
+def slot_urls(topology: Topology, overrides: str = "") -> dict[str, str]:
+    """Each slot's own URL: `overrides` (`RELEASE_SLOT_URLS`) where given, else loopback and its port."""
+    urls = {slot.name: f"http://{loopback_address(slot)}" for slot in topology.slots}
+    urls.update(parse_slot_urls(overrides, topology))
     return urls
 
 
@@ -92,8 +95,10 @@ class NativeDeployer:
         poll_s: float = 0.25,
         consecutive: int = 6,
         http_timeout_s: float = 2.0,
+        topology: Topology | None = None,
     ) -> None:
-        missing = [slot for slot in pointer.SLOTS if slot not in urls]
+        names = topology.names if topology is not None else tuple(urls)
+        missing = [slot for slot in names if slot not in urls]
         if missing:
             raise ValueError(f"no URL for slot(s) {', '.join(missing)}")
         self.run_dir = Path(run_dir)
@@ -212,23 +217,39 @@ class ComposeDeployer(NativeDeployer):
             log.info("deploy: HUP sent", extra=kv(slot=slot, service=f"{self.service_prefix}{slot}"))
 
 
-def build_deployer(
-    runtime: str | None = None,
-    urls: Mapping[str, str] | None = None,
-    paths: Paths | None = None,
-    release: Release | None = None,
-    timeout_s: float | None = None,
-    compose_hup: bool = False,
-) -> NativeDeployer:
-    """The deployer of `runtime` (`native` | `compose`) from settings, with explicit overrides."""
-    release = release or Release.from_env()
-    paths = paths or Paths.from_env()
-    runtime = runtime or release.runtime
-    chosen_urls = dict(slot_urls(release))
-    chosen_urls.update(urls or {})
-    timeout = release.deploy_timeout_s if timeout_s is None else timeout_s
-    if runtime == "native":
-        return NativeDeployer(paths.run_dir, chosen_urls, timeout_s=timeout)
-    if runtime == "compose":
-        return ComposeDeployer(paths.run_dir, chosen_urls, hup=compose_hup, timeout_s=timeout)
-    raise ValueError(f"unknown runtime {runtime!r}: native or compose")
+class StableVersion:
+    """``version.txt`` (+ ``<run>/slots/stable``): which version the stable replicas serve, committed in git.
+
+    `repo_dir` is the git + DVC repository that versions data and models (``MOVIEREC_REPO_DIR``);
+    the commit is made only when it is a git repository holding ``version.txt``, and a git problem is
+    logged and returned, never raised: the promotion has happened.
+    """
+
+    def __init__(self, version_file: Path, run_dir: Path, repo_dir: Path | None = None, git_remote: str = "") -> None:
+        self.version_file = Path(version_file)
+        self.run_dir = Path(run_dir)
+        self.repo_dir = Path(repo_dir) if repo_dir is not None else None
+        self.git_remote = git_remote
+
+    def read(self) -> int | None:
+        return pointer.read_stable(self.version_file, self.run_dir)
+
+    def write(self, version: int) -> tuple[str | None, str]:
+        """Name `version` stable and commit ``version.txt``: (commit or None, why there is none)."""
+        pointer.write_stable(self.version_file, self.run_dir, version)
+        if self.repo_dir is None or not (self.repo_dir / ".git").exists():
+            return None, "not a git repository"
+        from auto_deployment.model.registry import Layout, commit_promotion
+
+        root = self.repo_dir.resolve()
+        layout = Layout(root=root, data_dir=root / "data", models_dir=root / "models",
+                        version_file=self.version_file.resolve(), run_dir=self.run_dir.resolve(),
+                        git_remote=self.git_remote)
+        try:
+            commit = commit_promotion(layout, version)
+        except Exception as exc:  # the promotion happened; a git hiccup is reported, not fatal
+            log.warning("version.txt not committed", extra=kv(version=version, repo=root, error=exc))
+            return None, f"{type(exc).__name__}: {exc}"
+        if commit:
+            log.info("version.txt committed", extra=kv(version=version, commit=commit[:12], repo=root))
+        return commit, "" if commit else "nothing to commit (version.txt outside the repository or unchanged)"

@@ -23,9 +23,9 @@ from app.contracts.bundle import bundle_dir, problem
 from app.contracts.tables import FILES, data_checksum
 from app.settings import ROOT, MySQL
 from auto_deployment.pipeline import EXIT_CHECKS, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED
-from ops.stack import _environment
+from ops.services import environment as _environment
 from tests.fixtures.mariadb import settings_env
-from tests.fixtures.pipeline import PipelineRepo, tracking_rows
+from tests.fixtures.pipeline import PipelineRepo, git_init, tracking_rows
 from tests.fixtures.receivers import MailBox, SlackInbox
 
 
@@ -254,9 +254,7 @@ def test_accepted_run_is_released_by_the_canary_and_promoted(
     base, origin = tmp_path / "stack", tmp_path / "origin.git"
     base.mkdir()
     sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
-    sh(["git", "init", "-q", "-b", "main"], base)
-    sh(["git", "config", "user.name", "pipeline test"], base)
-    sh(["git", "config", "user.email", "pipeline-test@example.org"], base)
+    git_init(base, "pipeline test")
     (base / ".gitignore").write_text("/run/\n")
     sh([DVC, "init", "-q"], base, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     sh(["git", "add", "-A"], base)
@@ -295,12 +293,14 @@ def test_accepted_run_is_released_by_the_canary_and_promoted(
         assert (base / "version.txt").read_text().strip() == "2"
         subjects = sh(["git", "log", "--format=%s", "origin/main"], base).splitlines()
         assert subjects[0] == "version 2 promoted to stable" and subjects[1].startswith("model version 2:")
+        assert release["commit"] == sh(["git", "rev-parse", "HEAD"], base).strip()  # the promotion's own commit
+        assert sh(["git", "status", "--porcelain", "--", "version.txt"], base).strip() == ""
         in_version_commit = subprocess.run(["git", "cat-file", "-e", "HEAD~1:version.txt"], cwd=base, check=False)
         assert in_version_commit.returncode != 0  # version.txt moves with the promotion, not with the version
         with _environment(native.env):
             db = MySQL.from_env()
         assert [r["version_number"] for r in tracking_rows(db)] == [1, 2]
-        # one notice for one event: the run's, carrying the canary's figures (the release's own is held)
+        # one notice for one event: the run's, carrying the canary's figures (the release was asked for none)
         [mail] = smtp_receiver.messages
         assert "model version 2 promoted to stable" in mail["Subject"]
         assert "release: promoted" in mail.get_content() and "canary latency_ms:" in mail.get_content()

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from app.files import exclusive_lock
 from app.settings import ROOT
-from auto_deployment.pipeline import EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED, pipeline_lock
+from auto_deployment.pipeline import EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED, LOCK_NAME
 from auto_deployment.scheduler import build_schedule, parse_every
 from tests.fixtures.pipeline import PipelineRepo
 
@@ -72,12 +73,14 @@ def _finished_reports(repo: PipelineRepo) -> list[dict]:
 
 
 @pytest.mark.parametrize(("text", "expected"), [("2d", (2, "days")), ("6h", (6, "hours")),
-                                                 ("30m", (30, "minutes")), ("1s", (1, "seconds"))])
-def test_every_accepts_days_hours_minutes_seconds(text: str, expected: tuple[int, str]) -> None:
+                                                 ("30m", (30, "minutes")), ("1s", (1, "seconds")),
+                                                 ("45", (45, "seconds")), ("1.5h", (90, "minutes")),
+                                                 ("2w", (14, "days")), ("24h", (1, "days"))])
+def test_every_is_the_one_duration_grammar_in_schedule_units(text: str, expected: tuple[int, str]) -> None:
     assert parse_every(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0s", "2", "2w", "-1d", "1.5h", "d"])
+@pytest.mark.parametrize("text", ["", "0s", "-1d", "d", "0.5s", "1.5s", "500ms", "2 days"])
 def test_every_refuses_what_it_cannot_schedule(text: str) -> None:
     with pytest.raises(ValueError):
         parse_every(text)
@@ -144,13 +147,13 @@ def test_a_second_run_is_skipped_while_another_process_holds_the_lock(pipeline_r
 
 
 def test_the_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from auto_deployment.pipeline import pipeline_lock, LockBusy\n"
-            "try:\n    with pipeline_lock(Path(sys.argv[1])): print('got it')\n"
-            "except LockBusy as exc: print('busy', exc)\n")
-    probe = [sys.executable, "-c", code, str(tmp_path)]
-    with pipeline_lock(tmp_path):
+    code = ("import sys; from app.files import exclusive_lock, LockHeld\n"
+            "try:\n    with exclusive_lock(sys.argv[1], 'pid=probe'): print('got it')\n"
+            "except LockHeld as exc: print('busy', exc)\n")
+    probe = [sys.executable, "-c", code, str(tmp_path / LOCK_NAME)]
+    with exclusive_lock(tmp_path / LOCK_NAME, "pid=holder"):
         busy = subprocess.run(probe, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert busy.stdout.startswith("busy"), busy.stderr
+        assert busy.stdout.startswith("busy") and "pid=holder" in busy.stdout, busy.stderr
     free = subprocess.run(probe, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert free.stdout.strip() == "got it", free.stderr
 

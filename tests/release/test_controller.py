@@ -19,11 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from app import store
 from app.contracts import pointer
-from app.settings import MySQL, Paths
-from auto_deployment import schema
+from app.contracts.topology import Topology
+from app.settings import MySQL, Release
+from app.store import RELEASE_COLUMNS
 from auto_deployment.notices import Notifier
-from auto_deployment.release.controller import (
+from auto_deployment.release.checks import Check, default_checks, judge
+from auto_deployment.release.controller import Analysis, Controller, ReleaseRefused
+from auto_deployment.release.deploy import NativeDeployer, StableVersion
+from auto_deployment.release.metrics import Figures, NoData, Prometheus
+from auto_deployment.release.recorder import MySQLRecorder
+from auto_deployment.release.state import (
     ABORT,
     ANALYSE,
     DEPLOY_CANARY,
@@ -32,18 +39,12 @@ from auto_deployment.release.controller import (
     OBSERVE,
     PROMOTE,
     RECORD,
-    Controller,
-    Gate,
-    MySQLRecorder,
     ReleaseLocked,
-    ReleaseRefused,
     ReleaseState,
     StateStore,
     release_lock,
 )
-from auto_deployment.release.deploy import NativeDeployer
-from auto_deployment.release.metrics import Figures, NoData, Prometheus
-from auto_deployment.schema import RELEASE_COLUMNS
+from tests.fixtures.pipeline import git_init, sh
 from tests.fixtures.receivers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,11 +62,6 @@ class Platform:
     servers: dict
     dead_url: str
     dead_port: int
-
-    @property
-    def paths(self) -> Paths:
-        return Paths(data_dir=self.run_dir / "data", models_dir=self.models_dir, run_dir=self.run_dir,
-                     version_file=self.version_file, cache_dir=self.run_dir / "cache")
 
     def serving(self) -> dict[str, int | None]:
         deployer = NativeDeployer(self.run_dir, self.urls)
@@ -120,16 +116,24 @@ def platform(slots, models_root, tmp_path) -> Platform:
     return Platform(run_dir, models_root, version_file, urls, slots, f"http://127.0.0.1:{port}", port)
 
 
+GATE = Release(observe_s=1.0, max_latency_ms=500, max_error_ratio=0.01, min_requests=1, runtime="native",
+               slot_urls="", deploy_timeout_s=30)
+
+
 def controller(platform: Platform, notify_settings, observe_s: float = 1.0, mysql: MySQL | None = None,
-               **kwargs) -> Controller:
+               notify: bool = True, **kwargs) -> Controller:
     """Real collaborators; Prometheus and (unless `mysql` is given) MySQL on closed ports."""
+    topology = Topology()
     deployer = NativeDeployer(platform.run_dir, platform.urls, timeout_s=30, poll_s=0.1, consecutive=3)
     if mysql is None:
         mysql = dataclasses.replace(MySQL.from_env(), port=platform.dead_port, connect_timeout_s=1.0)
-    recorder = MySQLRecorder(mysql)
-    gate = Gate(observe_s=observe_s, max_latency_ms=500, max_error_ratio=0.01, min_requests=1)
-    return Controller(deployer, kwargs.pop("metrics", Prometheus(platform.dead_url, timeout_s=1)),
-                      Notifier(notify_settings), recorder, platform.paths, gate, poll_s=0.1, **kwargs)
+    return Controller(
+        topology=topology, deployer=deployer, metrics=Prometheus(platform.dead_url, topology, timeout_s=1),
+        recorder=MySQLRecorder(mysql), stable=StableVersion(platform.version_file, platform.run_dir),
+        models_dir=platform.models_dir, run_dir=platform.run_dir,
+        analysis=Analysis(observe_s, default_checks(GATE)),
+        notifier=Notifier(notify_settings) if notify else None, poll_s=0.1, **kwargs,
+    )
 
 
 def _states(history: list[list[str]]) -> list[str]:
@@ -162,7 +166,7 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
 
 
 def _release_rows(settings: MySQL) -> list[dict]:
-    conn = schema.connect(settings, "admin")
+    conn = store.connect(settings, "admin")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT * FROM releases ORDER BY id")
@@ -194,19 +198,41 @@ def test_rows_kept_while_mysql_is_down_are_written_by_the_next_release(
     assert rows[0]["canary_latency_ms"] is None  # no figures: Prometheus was absent
 
 
-def test_gate_failure_reasons_name_every_failed_criterion():
-    gate = Gate(observe_s=30, max_latency_ms=500, max_error_ratio=0.01, min_requests=20)
-    ok = Figures(latency_ms=12.0, error_ratio=0.0, requests=300, errors=0, window="30s", at=0)
-    assert gate.judge(ok)[0] is True
-    slow = Figures(latency_ms=700.0, error_ratio=0.0, requests=300, errors=0, window="30s", at=0)
-    assert gate.judge(slow) == (False, "average latency 700.0 ms >= 500 ms")
-    bad = Figures(latency_ms=500.0, error_ratio=0.2, requests=5, errors=1, window="30s", at=0)
-    passed, reason = gate.judge(bad)
-    assert not passed and "too few canary requests: 5 < 20" in reason
-    assert "error ratio 0.2000 > 0.01" in reason and "latency 500.0 ms >= 500 ms" in reason
-    assert gate.judge(NoData("Prometheus at x unreachable")) == (
-        False, "no data from Prometheus: Prometheus at x unreachable"
-    )
+def _figures(**values: float) -> Figures:
+    return Figures({"latency_ms": 12.0, "error_ratio": 0.0, "requests": 300.0, "errors": 0.0, **values}, "30s")
+
+
+def test_default_checks_name_every_failed_criterion():
+    checks = default_checks(dataclasses.replace(GATE, min_requests=20))
+    ok = judge(checks, _figures())
+    assert ok.passed and ok.reason == "average latency 12.0 ms < 500 ms, error ratio 0.0000 <= 0.01, 300 requests >= 20"
+    slow = judge(checks, _figures(latency_ms=700.0))
+    assert (slow.passed, slow.reason) == (False, "average latency 700.0 ms >= 500 ms")
+    assert [(r.name, r.status) for r in slow.results] == [
+        ("latency", "failed"), ("error_ratio", "passed"), ("requests", "passed")]
+    bad = judge(checks, _figures(latency_ms=500.0, error_ratio=0.2, requests=5.0, errors=1.0))
+    assert not bad.passed and "too few canary requests: 5 < 20" in bad.reason
+    assert "error ratio 0.2000 > 0.01" in bad.reason and "latency 500.0 ms >= 500 ms" in bad.reason
+    none = judge(checks, NoData("Prometheus at x unreachable"))
+    assert (none.passed, none.reason) == (False, "no data from Prometheus: Prometheus at x unreachable")
+
+
+def test_a_check_is_one_data_entry_with_a_threshold_or_a_comparison_with_stable():
+    p99 = Check("p99", metric="p99_ms", op="<=", vs_stable=1.5, min_requests=300, label="p99 latency", unit=" ms")
+    canary = _figures(p99_ms=40.0)
+    passed = p99.evaluate(canary, _figures(p99_ms=30.0))
+    assert (passed.status, passed.limit, passed.text) == ("passed", 45.0, "p99 latency 40.0 ms <= 1.5 × stable 30.0 ms")
+    failed = p99.evaluate(canary, _figures(p99_ms=20.0))
+    assert (failed.status, failed.text) == ("failed", "p99 latency 40.0 ms > 1.5 × stable 20.0 ms")
+    # too small a sample, or nothing to compare with, is inconclusive: never a pass
+    assert p99.evaluate(_figures(p99_ms=1.0, requests=299.0), _figures(p99_ms=30.0)).status == "inconclusive"
+    assert p99.evaluate(canary, NoData("stable down")).status == "inconclusive"
+    verdict = judge([p99], canary, NoData("stable down"))
+    assert not verdict.passed and "no stable figure to compare (stable down)" in verdict.reason
+    with pytest.raises(ValueError, match="exactly one of threshold or vs_stable"):
+        Check("x", metric="requests", op=">=")
+    with pytest.raises(ValueError, match="operator"):
+        Check("x", metric="requests", op="=", threshold=1)
 
 
 def test_candidate_without_a_bundle_is_refused_before_anything_moves(platform, notify_settings):
@@ -241,6 +267,56 @@ def test_interrupted_promotion_is_finished_by_the_next_run(platform, notify_sett
     assert pointer.read_slot(platform.run_dir, "stable") == 2
     assert _states(StateStore(platform.run_dir).load().history)[-4:] == [PROMOTE, RECORD, NOTIFY, DONE]
     assert "promoted" in smtp_receiver.messages[0]["Subject"]
+
+
+def test_a_release_for_a_caller_that_tells_the_team_itself_sends_no_notice(
+    platform, notify_settings, smtp_receiver, slack_receiver
+):
+    result = controller(platform, notify_settings, notify=False).run(2)
+
+    assert result.outcome == "aborted" and result.notified == []
+    assert smtp_receiver.messages == [] and slack_receiver.posts == []
+    assert _states(StateStore(platform.run_dir).load().history)[-3:] == [RECORD, NOTIFY, DONE]
+
+
+def _git_repo(path: Path) -> Path:
+    path.mkdir()
+    git_init(path, "release test")
+    (path / "README").write_text("throwaway repository of a release test\n")
+    sh(["git", "add", "-A"], path)
+    sh(["git", "commit", "-q", "-m", "initial"], path)
+    return path
+
+
+def test_cli_promotion_commits_version_txt_in_the_repository(platform, notify_settings, smtp_receiver, tmp_path):
+    # the promotion is finished by the command line (a promotion that died after moving stable_1): the
+    # version file lives in a git repository (MOVIEREC_REPO_DIR), so the promotion commits it itself
+    repo = _git_repo(tmp_path / "repo")
+    version_file = repo / "version.txt"
+    pointer.write_number(version_file, 1)
+    sh(["git", "add", "version.txt"], repo)
+    sh(["git", "commit", "-q", "-m", "version 1"], repo)
+    deployer = NativeDeployer(platform.run_dir, platform.urls, poll_s=0.1, consecutive=3)
+    deployer.deploy("canary", 2)
+    deployer.deploy("stable_1", 2)
+    crashed = ReleaseState(candidate=2, previous=1, state=PROMOTE, promoted=["stable_1"], outcome="promoted",
+                           reason="gate passed", history=[[PROMOTE, "earlier"]], pid=999999)
+    StateStore(platform.run_dir).save(crashed)
+    env = {**platform.env(notify_settings), "MOVIEREC_VERSION_FILE": str(version_file),
+           "MOVIEREC_REPO_DIR": str(repo), "GIT_REMOTE": ""}
+
+    done = subprocess.run([sys.executable, "-m", "auto_deployment", "release", "--candidate", "2", "--observe", "1s"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["recovered"]["outcome"] == "promoted" and report["outcome"] == "noop"
+    assert platform.serving() == {"stable_1": 2, "stable_2": 2, "canary": 2}
+    assert version_file.read_text() == "2\n"
+    assert sh(["git", "log", "--format=%s"], repo).splitlines()[0] == "version 2 promoted to stable"
+    assert sh(["git", "status", "--porcelain"], repo).strip() == ""  # nothing left uncommitted
+    assert report["recovered"]["commit"] == sh(["git", "rev-parse", "HEAD"], repo).strip()
+    assert "commit: " in smtp_receiver.messages[0].get_content()
 
 
 def test_second_release_is_refused_while_the_lock_is_held(platform, notify_settings):

@@ -6,11 +6,13 @@ import json
 import stat
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from app.contracts import pointer
-from auto_deployment.release.deploy import ComposeDeployer, DeployError, NativeDeployer, parse_slot_urls
+from app.contracts.topology import Topology
+from auto_deployment.release.deploy import ComposeDeployer, DeployError, NativeDeployer, parse_slot_urls, slot_urls
 from tests.fixtures.receivers import free_port
 
 
@@ -96,12 +98,21 @@ def test_compose_deployer_survives_a_failing_hup_command(canary):
 
 
 def test_slot_urls_are_parsed_and_unknown_slots_refused():
-    assert parse_slot_urls("stable_1=http://a:5001/, canary=http://c:5003") == {
+    topology = Topology()
+    assert parse_slot_urls("stable_1=http://a:5001/, canary=http://c:5003", topology) == {
         "stable_1": "http://a:5001",
         "canary": "http://c:5003",
     }
-    assert parse_slot_urls("") == {}
+    assert parse_slot_urls("", topology) == {}
     with pytest.raises(ValueError, match="SLOT=URL"):
-        parse_slot_urls("primary=http://x")
+        parse_slot_urls("primary=http://x", topology)
     with pytest.raises(ValueError, match="SLOT=URL"):
-        parse_slot_urls("canary")
+        parse_slot_urls("canary", topology)
+
+
+def test_each_slot_url_defaults_to_its_topology_port_on_loopback():
+    moved = Topology().with_ports({"canary": 6003})
+    assert slot_urls(moved, "stable_2=http://b:7002") == {
+        "stable_1": "http://127.0.0.1:5001", "stable_2": "http://b:7002", "canary": "http://127.0.0.1:6003"}
+    with pytest.raises(ValueError, match="no URL for slot"):
+        NativeDeployer(Path("/nonexistent"), {"canary": "http://c"}, topology=moved)

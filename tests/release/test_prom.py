@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from auto_deployment.release.metrics import CANARY_SELECTOR, Figures, NoData, Prometheus, QueryFailed, prom_duration
+from app.contracts.topology import Slot, Topology
+from auto_deployment.release.metrics import QUERIES, Figures, NoData, Prometheus, QueryFailed, queries
 from tests.fixtures.receivers import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian package prometheus is not installed")
 
+TOPOLOGY = Topology()
 TICK_S = 0.05
 WINDOW_S = 4
 # per tick: (slot, version, status, latency seconds, how many)
@@ -95,7 +97,7 @@ def prometheus_and_feeder(tmp_path_factory) -> Iterator[tuple[str, Feeder]]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{url}/-/ready", 30)
-        query = Prometheus(url)
+        query = Prometheus(url, TOPOLOGY)
         deadline = time.monotonic() + 30
         samples = f'count_over_time(recommend_requests_total{{slot="canary",version="3",status="200"}}[{WINDOW_S}s])'
         while True:  # until a whole window of 1 s scrapes of the candidate's series is stored
@@ -123,51 +125,53 @@ def fed_prometheus(prometheus_and_feeder) -> str:
 
 def test_canary_figures_follow_what_the_candidate_version_served(prometheus_and_feeder):
     url, feeder = prometheus_and_feeder
-    figures = Prometheus(url).canary(3, window_s=WINDOW_S)
+    figures = Prometheus(url, TOPOLOGY).figures("canary", 3, window_s=WINDOW_S)
 
     assert isinstance(figures, Figures)
     # every successful version-3 answer took 200 ms; the old version's 900 ms answers must not count
-    assert figures.latency_ms == pytest.approx(200.0, rel=1e-6)
-    assert figures.error_ratio == pytest.approx(0.1, abs=0.03)
+    assert figures["latency_ms"] == pytest.approx(200.0, rel=1e-6)
+    assert figures["error_ratio"] == pytest.approx(0.1, abs=0.03)
     per_tick = sum(n for slot, version, *_rest, n in FEED if (slot, version) == ("canary", "3"))
     fed = per_tick * sum(1 for t in list(feeder.ticks) if figures.at - WINDOW_S < t <= figures.at)
-    assert 0.6 * fed < figures.requests < 1.4 * fed
-    assert figures.errors == pytest.approx(figures.requests * figures.error_ratio, rel=0.2)
+    assert 0.6 * fed < figures["requests"] < 1.4 * fed
+    assert figures["errors"] == pytest.approx(figures["requests"] * figures["error_ratio"], rel=0.2)
     assert figures.window == f"{WINDOW_S}s"
+    assert set(figures.as_dict()) == {*QUERIES, "window", "at"}
 
 
 def test_stable_figures_cover_both_stable_replicas(fed_prometheus):
-    figures = Prometheus(fed_prometheus).stable(2, window_s=WINDOW_S)
+    figures = Prometheus(fed_prometheus, TOPOLOGY).figures("stable", 2, window_s=WINDOW_S)
 
     assert isinstance(figures, Figures)
-    assert figures.latency_ms == pytest.approx(40.0, rel=1e-6)  # half at 50 ms, half at 30 ms
-    assert figures.error_ratio == 0.0  # no failed request: a zero, not a missing series
-    assert figures.errors == 0.0
+    assert figures["latency_ms"] == pytest.approx(40.0, rel=1e-6)  # half at 50 ms, half at 30 ms
+    assert figures["error_ratio"] == 0.0  # no failed request: a zero, not a missing series
+    assert figures["errors"] == 0.0
 
 
 def test_version_without_series_is_no_data_with_a_reason(fed_prometheus):
-    result = Prometheus(fed_prometheus).canary(99, window_s=WINDOW_S)
+    result = Prometheus(fed_prometheus, TOPOLOGY).figures("canary", 99, window_s=WINDOW_S)
     assert isinstance(result, NoData)
     assert "empty result" in result.reason and "99" in result.reason
 
 
 def test_closed_port_is_no_data_saying_unreachable():
-    result = Prometheus(f"http://127.0.0.1:{free_port()}", timeout_s=2).figures(CANARY_SELECTOR, 3, 30)
+    result = Prometheus(f"http://127.0.0.1:{free_port()}", TOPOLOGY, timeout_s=2).figures("canary", 3, 30)
     assert isinstance(result, NoData)
     assert "unreachable" in result.reason
 
 
 def test_http_error_of_prometheus_is_no_data(fed_prometheus):
-    result = Prometheus(f"{fed_prometheus}/no-such-prefix").canary(3, window_s=WINDOW_S)
+    result = Prometheus(f"{fed_prometheus}/no-such-prefix", TOPOLOGY).figures("canary", 3, window_s=WINDOW_S)
     assert isinstance(result, NoData)
     assert "HTTP 404" in result.reason
 
 
-def test_window_is_rounded_to_a_prometheus_duration():
-    assert prom_duration(30) == "30s"
-    assert prom_duration(29.6) == "30s"
-    assert prom_duration(90) == "90s"
-    assert prom_duration(900) == "15m"
-    assert prom_duration(12 * 3600) == "12h"
-    assert prom_duration(2 * 86400) == "2d"
-    assert prom_duration(0.2) == "1s"
+def test_queries_select_the_roles_slots_from_the_topology_and_one_version():
+    stable = queries(TOPOLOGY.selector("stable"), 2, "15m")
+    assert set(stable) == set(QUERIES)
+    assert 'recommend_requests_total{slot=~"stable_1|stable_2",version="2"}[15m]' in stable["requests"]
+    assert '{slot=~"stable_1|stable_2",version="2",status="200"}' in stable["latency_ms"]
+    four = Topology((*TOPOLOGY.slots[:2], Slot("stable_3", "stable", 5004, 2),
+                     TOPOLOGY.slots[2]))
+    assert 'slot=~"stable_1|stable_2|stable_3"' in queries(four.selector("stable"), 2, "15m")["errors"]
+    assert 'slot="canary",version="3",status!="200"' in queries(four.selector("canary"), 3, "1m")["errors"]

@@ -26,9 +26,10 @@ import pytest
 import requests
 
 from app.contracts import pointer
-from auto_deployment.release.controller import OBSERVE, StateStore
 from auto_deployment.release.deploy import NativeDeployer
-from ops.stack import supervisorctl
+from auto_deployment.release.state import OBSERVE, StateStore
+from ops.services import supervisorctl
+from tests.fixtures.pipeline import git_init, sh
 from tests.fixtures.stack import NativeStack, start_native_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -45,6 +46,11 @@ def release_stack(tmp_path_factory, models_root) -> Iterator[NativeStack]:
     for version in ("1", "2"):
         shutil.copytree(models_root / version, models / version)
     native = start_native_stack(base, models_dir=models)
+    # the stack's directory is a git repository (its run dir ignored): a promotion commits version.txt there
+    git_init(base, "release test")
+    (base / ".gitignore").write_text("/*\n!/version.txt\n!/.gitignore\n")
+    sh(["git", "add", "-A"], base)
+    sh(["git", "commit", "-q", "-m", "initial"], base)
     try:
         yield native
     finally:
@@ -116,6 +122,8 @@ def _env(native: NativeStack, notify_settings) -> dict[str, str]:
         MAIL_TO=notify_settings.mail_to,
         SLACK_WEBHOOK_URL=notify_settings.slack_webhook,
         RELEASE_MIN_REQUESTS="20",
+        MOVIEREC_REPO_DIR=str(native.base),
+        GIT_REMOTE="",
     )
     return env
 
@@ -167,13 +175,13 @@ def _wait_state(native: NativeStack, state: str, proc: subprocess.Popen, timeout
 
 def _release_row(native: NativeStack, candidate: int) -> dict:
     """The latest `releases` row of `candidate`, read from the stack's MariaDB."""
+    from app import store
     from app.settings import MySQL
-    from auto_deployment import schema
-    from ops.stack import _environment
+    from ops.services import environment as _environment
 
     with _environment(native.env):
         settings = MySQL.from_env()
-    conn = schema.connect(settings, "admin")
+    conn = store.connect(settings, "admin")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT * FROM releases WHERE candidate_version = %s ORDER BY id DESC", (candidate,))
@@ -212,6 +220,10 @@ def test_healthy_candidate_is_promoted_without_a_failed_request(
     assert load.versions_between(finished, time.time()) == {str(new)}
     assert _serving(native) == dict.fromkeys(SLOTS, new)
     assert _stable(native) == new and pointer.read_slot(native.stack.run_dir, "stable") == new
+    # the promotion committed version.txt: nothing is left for anyone to commit by hand
+    assert sh(["git", "log", "-1", "--format=%s"], native.base).strip() == f"version {new} promoted to stable"
+    assert sh(["git", "status", "--porcelain", "--", "version.txt"], native.base).strip() == ""
+    assert report["commit"] == sh(["git", "rev-parse", "HEAD"], native.base).strip()
     # progress lines during the observation, with the live canary figures
     assert len(re.findall(r"release: canary so far", err)) >= 5
     canary = report["figures"]["canary"]

@@ -1,0 +1,109 @@
+"""`python -m auto_deployment release`: release a model version by hand, or show the last release.
+
+    python -m auto_deployment release --candidate 7 --observe 12h
+    python -m auto_deployment release --status
+
+The settings are read here, once, and passed down (`wiring.ReleaseSettings`). Exit codes: 0 promoted
+(or nothing to do), 1 aborted or failed, 2 refused (bad request), 3 another release is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from app.clock import parse_duration
+from app.logs import kv
+from auto_deployment.release.controller import EXIT_LOCKED, EXIT_REFUSED, ReleaseRefused
+from auto_deployment.release.deploy import parse_slot_urls
+from auto_deployment.release.state import ReleaseLocked, StateStore, release_lock
+from auto_deployment.release.wiring import ReleaseSettings, build_controller
+
+log = logging.getLogger(__name__)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--candidate", type=int, help="model version to release (models/<N>/)")
+    parser.add_argument("--observe", type=_duration, metavar="DURATION",
+                        help="observation window: 30s, 15m, 12h, 2d (default RELEASE_OBSERVE_S)")
+    parser.add_argument("--max-latency-ms", type=float,
+                        help="check: canary average latency below (RELEASE_MAX_LATENCY_MS)")
+    parser.add_argument("--max-error-ratio", type=float,
+                        help="check: canary error ratio at most (RELEASE_MAX_ERROR_RATIO)")
+    parser.add_argument("--min-requests", type=int, help="check: canary requests at least (RELEASE_MIN_REQUESTS)")
+    parser.add_argument("--prometheus-url", help="Prometheus base URL (default PROMETHEUS_URL)")
+    parser.add_argument("--runtime", choices=("native", "compose"), help="how slots are deployed (RELEASE_RUNTIME)")
+    parser.add_argument("--slot-url", action="append", default=[], metavar="SLOT=URL",
+                        help="a slot's own base URL (repeatable; default RELEASE_SLOT_URLS / loopback ports)")
+    parser.add_argument("--deploy-timeout", type=_duration, metavar="DURATION",
+                        help="longest wait for a slot to serve a version (RELEASE_DEPLOY_TIMEOUT_S)")
+    parser.add_argument("--compose-hup", action="store_true",
+                        help="compose runtime: also `docker-compose kill -s HUP` the slot's service")
+    parser.add_argument("--status", action="store_true", help="print the state file of the last release and exit")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.warning("release: signal received, stopping", extra=kv(signal=signal.Signals(signum).name))
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _refused(exc: Exception, code: int) -> int:
+    log.error("release: refused", extra=kv(reason=exc))
+    print(f"release refused: {exc}", file=sys.stderr)
+    return code
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = ReleaseSettings.from_env().with_release(
+            observe_s=args.observe, max_latency_ms=args.max_latency_ms,
+            max_error_ratio=args.max_error_ratio, min_requests=args.min_requests,
+        )
+    except ValueError as exc:
+        print(f"release: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    run_dir = settings.paths.run_dir
+    if args.status:
+        state = StateStore(run_dir).load()
+        print(json.dumps(state.to_dict() if state else None, indent=2))
+        return 0
+    if args.candidate is None:
+        print("release: --candidate N is required", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        urls: dict[str, str] = {}
+        for item in args.slot_url:
+            urls.update(parse_slot_urls(item, settings.serving.topology))
+        stop = threading.Event()
+        controller = build_controller(
+            settings, prometheus_url=args.prometheus_url, runtime=args.runtime, slot_urls=urls,
+            deploy_timeout_s=args.deploy_timeout, compose_hup=args.compose_hup, stop=stop,
+        )
+    except ValueError as exc:
+        print(f"release: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    _stop_on_signals(stop)
+    try:
+        with release_lock(run_dir, args.candidate):
+            result = controller.run(args.candidate)
+    except ReleaseLocked as exc:
+        return _refused(exc, EXIT_LOCKED)
+    except ReleaseRefused as exc:
+        return _refused(exc, EXIT_REFUSED)
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+    return result.exit_code

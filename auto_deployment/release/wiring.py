@@ -1,0 +1,117 @@
+"""Putting a release together: settings in, a controller with its real collaborators out.
+
+`ReleaseSettings.from_env()` is the one place the release reads the environment; the CLI and the
+retraining pipeline (the edges) call it once and pass the result down. Everything below takes
+explicit values, so a test or the pipeline can wire a release without touching the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from app.settings import Monitoring, MySQL, Notify, Paths, Pipeline, Release, Serving
+from auto_deployment.notices import Notifier
+from auto_deployment.release.checks import default_checks
+from auto_deployment.release.controller import Analysis, Controller
+from auto_deployment.release.deploy import ComposeDeployer, NativeDeployer, StableVersion, slot_urls
+from auto_deployment.release.metrics import Prometheus
+from auto_deployment.release.recorder import MySQLRecorder
+from auto_deployment.release.router import NginxRouter, NullRouter, Router
+from auto_deployment.release.state import ReleaseResult, release_lock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """Every setting a release uses, read once at the edge."""
+
+    paths: Paths
+    release: Release
+    serving: Serving
+    monitoring: Monitoring
+    mysql: MySQL
+    notify: Notify
+    pipeline: Pipeline
+
+    @classmethod
+    def from_env(cls) -> ReleaseSettings:
+        return cls(Paths.from_env(), Release.from_env(), Serving.from_env(), Monitoring.from_env(),
+                   MySQL.from_env(), Notify.from_env(), Pipeline.from_env())
+
+    def with_release(self, **overrides: object) -> ReleaseSettings:
+        """The same settings with some `Release` values replaced (command-line options; None = keep)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, release=dataclasses.replace(self.release, **given))
+
+
+def build_deployer(
+    settings: ReleaseSettings | None = None,
+    runtime: str | None = None,
+    urls: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    compose_hup: bool = False,
+) -> NativeDeployer:
+    """The deployer of `runtime` (`native` | `compose`; default `RELEASE_RUNTIME`), explicit values first."""
+    settings = settings or ReleaseSettings.from_env()
+    topology = settings.serving.topology
+    runtime = runtime or settings.release.runtime
+    chosen = slot_urls(topology, settings.release.slot_urls)
+    chosen.update(urls or {})
+    timeout = settings.release.deploy_timeout_s if timeout_s is None else timeout_s
+    if runtime == "native":
+        return NativeDeployer(settings.paths.run_dir, chosen, timeout_s=timeout, topology=topology)
+    if runtime == "compose":
+        return ComposeDeployer(settings.paths.run_dir, chosen, hup=compose_hup, timeout_s=timeout, topology=topology)
+    raise ValueError(f"unknown runtime {runtime!r}: native or compose")
+
+
+def build_router(settings: ReleaseSettings, runtime: str | None = None) -> Router:
+    """NGINX's weights natively once nginx.conf includes the router's upstream file; else traffic is left alone."""
+    run_dir = settings.paths.run_dir
+    if (runtime or settings.release.runtime) == "native" and NginxRouter.includes_upstream(run_dir):
+        return NginxRouter.native(settings.serving.topology, run_dir)
+    return NullRouter()
+
+
+def build_controller(
+    settings: ReleaseSettings,
+    *,
+    runtime: str | None = None,
+    slot_urls: Mapping[str, str] | None = None,
+    deploy_timeout_s: float | None = None,
+    compose_hup: bool = False,
+    prometheus_url: str | None = None,
+    notify: bool = True,
+    router: Router | None = None,
+    stop: threading.Event | None = None,
+) -> Controller:
+    """A controller with the real collaborators; `notify=False` when the caller sends the notice itself."""
+    topology = settings.serving.topology
+    paths = settings.paths
+    return Controller(
+        topology=topology,
+        deployer=build_deployer(settings, runtime, slot_urls, deploy_timeout_s, compose_hup),
+        metrics=Prometheus(prometheus_url or settings.monitoring.prometheus_url, topology),
+        recorder=MySQLRecorder(settings.mysql),
+        stable=StableVersion(paths.version_file, paths.run_dir, settings.pipeline.repo_dir,
+                             settings.pipeline.git_remote),
+        models_dir=paths.models_dir,
+        run_dir=paths.run_dir,
+        analysis=Analysis(settings.release.observe_s, default_checks(settings.release)),
+        notifier=Notifier(settings.notify) if notify else None,
+        router=router or build_router(settings, runtime),
+        stop=stop,
+    )
+
+
+def release_version(candidate: int, settings: ReleaseSettings, *, notify: bool = True,
+                    stop: threading.Event | None = None, **wiring: object) -> ReleaseResult:
+    """Python API (the retraining pipeline): release `candidate` under the lock; raises ReleaseLocked/ReleaseRefused."""
+    controller = build_controller(settings, notify=notify, stop=stop, **wiring)
+    with release_lock(settings.paths.run_dir, candidate):
+        return controller.run(candidate)
