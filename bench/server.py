@@ -28,9 +28,10 @@ from pathlib import Path
 
 import requests
 
+from app.contracts.topology import Topology
 from app.settings import ROOT
 from bench.table import render
-from ops.stack import Stack, program_pids
+from ops.services import Stack, program_pids
 from simulator.load import run_load
 
 WRK_SCRIPT = """
@@ -126,13 +127,16 @@ def run() -> str:
     rate = float(os.environ.get("BENCH_RATE", "200"))
     seconds = float(os.environ.get("BENCH_SECONDS", "60"))
     base = Path(tempfile.mkdtemp(prefix="movierec-bench-"))
-    ports = _free_ports(10)
+    topology = Topology()  # the platform's slots (app/contracts/topology.py): one free port each
+    n_slots = len(topology.slots)
+    ports = _free_ports(n_slots + 7)
+    slot_ports, ports = ports[:n_slots], ports[n_slots:]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "PROMETHEUS_", "MYSQL_"))}
     env.update(
         PYTHONPATH=str(ROOT), MOVIEREC_RUN_DIR=str(base / "run"), MOVIEREC_DATA_DIR=str(base / "data"),
         MOVIEREC_MODELS_DIR=str(base / "models"), MOVIEREC_VERSION_FILE=str(base / "version.txt"),
-        MOVIEREC_SLOT_PORTS=",".join(map(str, ports[:3])), NGINX_PORT=str(ports[3]), NGINX_STATUS_PORT=str(ports[4]),
-        PROMETHEUS_PORT=str(ports[5]), ALERTMANAGER_PORT=str(ports[6]), MYSQL_PORT=str(ports[7]),
+        MOVIEREC_SLOT_PORTS=",".join(map(str, slot_ports)), NGINX_PORT=str(ports[0]), NGINX_STATUS_PORT=str(ports[1]),
+        PROMETHEUS_PORT=str(ports[2]), ALERTMANAGER_PORT=str(ports[3]), MYSQL_PORT=str(ports[4]),
     )
     up = subprocess.run([sys.executable, "-m", "ops.stack", "up"], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=900)
@@ -144,15 +148,16 @@ def run() -> str:
         # Twin servers outside the stack (same bundle, not scraped, not behind NGINX) that differ only
         # in provenance: the on/off ratio compares like with like.
         twin_urls = {}
-        for name, port, provenance in (("prov-on", ports[8], "1"), ("prov-off", ports[9], "0")):
+        first = topology.stable[0].name  # the slot measured directly; the twins serve its bundle
+        for name, port, provenance in (("prov-on", ports[5], "1"), ("prov-off", ports[6], "0")):
             (base / f"{name}-metrics").mkdir(exist_ok=True)
             twins.append(subprocess.Popen(
                 [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "app" / "gunicorn.conf.py"),
                  "app:create_app()"],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                env={**stack.env, "MOVIEREC_SLOT": "stable_1", "MOVIEREC_PORT": str(port),
+                env={**stack.env, "MOVIEREC_SLOT": first, "MOVIEREC_PORT": str(port),
                      "MOVIEREC_HOST": "127.0.0.1", "MOVIEREC_PROVENANCE": provenance,
-                     "MOVIEREC_POINTER": str(stack.pointer("stable_1")),
+                     "MOVIEREC_POINTER": str(stack.pointer(first)),
                      "MOVIEREC_SPOOL_DIR": str(base / f"{name}-spool"),
                      "PROMETHEUS_MULTIPROC_DIR": str(base / f"{name}-metrics")},
             ))
@@ -160,14 +165,14 @@ def run() -> str:
             _wait_ready(twin_urls[name])
         script = base / "users.lua"
         script.write_text(WRK_SCRIPT)
-        direct = stack.slot_url("stable_1")
+        direct = stack.slot_url(first)
         rows = []
         closed = [
             ("/health (framework floor)", f"{direct}/health", None),
             ("/recommend", f"{direct}/recommend/1", script),
             ("/recommend, twin with provenance on", f"{twin_urls['prov-on']}/recommend/1", script),
             ("/recommend, twin with provenance off", f"{twin_urls['prov-off']}/recommend/1", script),
-            ("/recommend through NGINX (3 slots)", f"{stack.nginx_url}/recommend/1", script),
+            (f"/recommend through NGINX ({n_slots} slots)", f"{stack.nginx_url}/recommend/1", script),
         ]
         results = {}
         mariadb_pid = int((stack.run_dir / "mariadb" / "mariadb.pid").read_text().split()[0])
@@ -201,7 +206,7 @@ def run() -> str:
         )
         mem_rows = []
         for slot, pid in sorted(program_pids(stack).items()):
-            if slot in ("stable_1", "stable_2", "canary") and pid:
+            if slot in topology.names and pid:
                 for worker in _children(pid):
                     hwm, pss = _memory(worker)
                     mem_rows.append([f"{slot} worker {worker}", hwm, pss])

@@ -26,7 +26,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /srv --no-create-home movierec \
- && mkdir -p /srv/models /srv/data /srv/run/slots /srv/config \
+ && mkdir -p /srv/models /srv/data /srv/run/slots /srv/run/nginx /srv/config \
  && chown -R movierec:movierec /srv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

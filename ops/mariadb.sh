@@ -9,19 +9,30 @@
 # Environment (defaults in brackets):
 #   MOVIEREC_RUN_DIR      [<repo>/.run]  the server lives in <run dir>/mariadb/ (my.cnf, data, socket, pid, log)
 #   MYSQL_PORT            [3306]         TCP port, bound to 127.0.0.1 only
-#   MYSQL_ADMIN_USER      [root]         admin account, made sure of at every start (all privileges, grant option)
-#   MYSQL_ADMIN_PASSWORD  []             its password; EMPTY means the admin logs in over loopback TCP without
-#                                        a password. That is acceptable only because this instance listens on
-#                                        127.0.0.1 alone and lives in a private run dir; set a password anywhere
-#                                        that matters. The account exists for 'localhost' (socket; OS root also
-#                                        via unix_socket), '127.0.0.1' and '::1'. With another admin name, the
-#                                        initial root@loopback accounts keep an empty password (private instance).
+#   MYSQL_ADMIN_USER      [movierec_admin]  the platform's admin account (applies the schema, makes the other
+#                                        accounts), made sure of at every start with the password below, for
+#                                        'localhost' (socket), '127.0.0.1' and '::1': all privileges with grant
+#                                        option except FILE and SHUTDOWN. Never root (see below).
+#   MYSQL_ADMIN_PASSWORD  [local-admin]  its password (app/settings.py has the same defaults); must not be empty
+#   MARIADB_OS_USER       [mysql]        the unprivileged OS user the server runs as when started by root
 #   MARIADB_START_TIMEOUT [30]           seconds to wait for the server to accept clients
 #   MARIADB_STOP_TIMEOUT  [30]           seconds to wait for a clean shutdown before SIGKILL
 #
-# It runs as the current user; as root (how CI runs) the server is told `--user=root`, since mariadbd refuses
-# to run as root otherwise. Starting twice is harmless (the second start sees the first server); data survive
-# stop/start. The application accounts and the schema are not made here: `python -m auto_deployment.schema apply`.
+# Least privilege (issue 12): started by root (how CI and `make up` run), the server runs as MARIADB_OS_USER
+# (Debian's `mysql`), which owns the data dir; started by anyone else it runs as that user. MariaDB's root
+# exists only as root@localhost IDENTIFIED VIA unix_socket: OS root over the socket, never over TCP, never
+# with a password. `secure_file_priv` is <run dir>/mariadb/files (private, empty), so LOAD_FILE and
+# SELECT ... INTO OUTFILE touch nothing else; `local_infile` is off.
+#
+# What the server itself writes (data/, files/, run/ with the socket) lives in its "server dir": the run dir's
+# mariadb/ when the server user can reach it, else (a run dir under a 0700 directory such as pytest's, which
+# pytest re-closes at every session) MARIADB_SERVER_BASE [/var/lib/movierec-mariadb]/<hash of the run dir>/.
+# The choice is made once, at the first start, and kept in mariadb/server-dir. A start removes the server dirs
+# there whose run dir is gone. my.cnf, the pid file and the log (the server's stderr) stay in the run dir,
+# root's: the server user can neither rewrite its configuration nor plant a symlink for root to follow.
+#
+# Starting twice is harmless (the second start sees the first server); data survive stop/start. The
+# application accounts and the schema are not made here: `python -m auto_deployment.schema apply`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,20 +40,33 @@ ROOT="$(dirname "$HERE")"
 RUN_DIR="${MOVIEREC_RUN_DIR:-$ROOT/.run}"
 DIR="$RUN_DIR/mariadb"
 PORT="${MYSQL_PORT:-3306}"
-ADMIN_USER="${MYSQL_ADMIN_USER:-root}"
-ADMIN_PASSWORD="${MYSQL_ADMIN_PASSWORD:-}"
+ADMIN_USER="${MYSQL_ADMIN_USER:-movierec_admin}"
+ADMIN_PASSWORD="${MYSQL_ADMIN_PASSWORD-local-admin}"  # set but empty is refused, not defaulted
+OS_USER="${MARIADB_OS_USER:-mysql}"
+SERVER_BASE="${MARIADB_SERVER_BASE:-/var/lib/movierec-mariadb}"
 START_TIMEOUT="${MARIADB_START_TIMEOUT:-30}"
 STOP_TIMEOUT="${MARIADB_STOP_TIMEOUT:-30}"
 CONF="$DIR/my.cnf"
-DATA="$DIR/data"
 PIDFILE="$DIR/mariadb.pid"
 LOG="$DIR/mariadb.log"
-INIT_SQL="$DIR/init.sql"
-SOCK="$DIR/mariadb.sock"
-# A Unix socket path must stay under ~108 bytes; a deep run dir gets a short, stable name in /tmp instead.
-if [ "${#SOCK}" -gt 100 ]; then
-  SOCK="/tmp/movierec-mariadb-$(printf '%s' "$DIR" | sha256sum | cut -c1-16).sock"
-fi
+MARKER="$DIR/server-dir"
+HASH="$(printf '%s' "$DIR" | sha256sum | cut -c1-16)"
+
+# DATA, FILES (secure_file_priv: the only directory LOAD_FILE / INTO OUTFILE may touch, kept empty), SOCK_DIR
+# and SOCK under the server dir `$1`.
+use_server_dir() {
+  SERVER_DIR="$1"
+  DATA="$SERVER_DIR/data"
+  FILES="$SERVER_DIR/files"
+  SOCK_DIR="$SERVER_DIR/run"
+  SOCK="$SOCK_DIR/mariadb.sock"
+  INIT_SQL="$SERVER_DIR/init.sql"  # root's directory: the server user reads it, cannot swap it
+  # A Unix socket path must stay under ~108 bytes; a deep run dir gets a short, stable name in /tmp instead.
+  if [ "${#SOCK}" -gt 100 ]; then
+    SOCK="/tmp/movierec-mariadb-$HASH.sock"
+  fi
+}
+use_server_dir "$(cat "$MARKER" 2>/dev/null || echo "$DIR")"
 
 say() { echo "mariadb: $*"; }
 die() { echo "mariadb: $*" >&2; exit 1; }
@@ -59,20 +83,74 @@ sql_quote() {
   printf "'%s'" "${s//\'/\'\'}"
 }
 
+# The OS user the server runs as: MARIADB_OS_USER when we are root, else ourselves.
+server_user() {
+  if [ "$(id -u)" -eq 0 ]; then echo "$OS_USER"; else id -un; fi
+}
+
+# True when the server user can search (reach) directory $1 along its whole path.
+server_user_reaches() {
+  setpriv --reuid="$OS_USER" --regid="$(id -g "$OS_USER")" --clear-groups test -x "$1" 2>/dev/null
+}
+
+# Decide the server dir once per run dir (see the header) and remember it.
+choose_server_dir() {
+  if [ ! -f "$MARKER" ]; then
+    local where="$DIR"
+    if [ "$(id -u)" -eq 0 ] && ! server_user_reaches "$DIR"; then
+      where="$SERVER_BASE/$HASH"
+    fi
+    echo "$where" >"$MARKER"
+  fi
+  use_server_dir "$(cat "$MARKER")"
+}
+
+# Server dirs under SERVER_BASE whose run dir no longer exists and whose server no longer runs.
+collect_orphans() {
+  [ -d "$SERVER_BASE" ] || return 0
+  local dir owner
+  for dir in "$SERVER_BASE"/*/; do
+    [ -f "$dir/owner" ] || continue
+    owner="$(cat "$dir/owner")"
+    [ -e "$owner" ] && continue
+    pgrep -f -- "--defaults-file=$owner/my.cnf" >/dev/null 2>&1 && continue
+    say "removing $dir (its run dir $owner is gone)"
+    rm -rf -- "$dir"
+  done
+}
+
+# As root, the server user owns exactly what it writes: data, files, the socket dir.
+prepare_dirs() {
+  if [ "$SERVER_DIR" != "$DIR" ]; then
+    [ ! -L "$SERVER_BASE" ] || die "$SERVER_BASE is a symbolic link"
+    mkdir -p "$SERVER_BASE" && chmod 0711 "$SERVER_BASE"
+    [ "$(stat -c %u "$SERVER_BASE")" -eq 0 ] || die "$SERVER_BASE is not owned by root"
+    mkdir -p "$SERVER_DIR" && chmod 0711 "$SERVER_DIR"
+    echo "$DIR" >"$SERVER_DIR/owner"
+  fi
+  mkdir -p "$DATA" "$FILES" "$SOCK_DIR"
+  chmod 0700 "$DATA" "$FILES"
+  [ "$(id -u)" -eq 0 ] || return 0
+  id -u "$OS_USER" >/dev/null 2>&1 || die "OS user $OS_USER does not exist (apt-get install mariadb-server makes mysql)"
+  chown -R "$OS_USER:" "$DATA" "$FILES" "$SOCK_DIR"
+  server_user_reaches "$DATA" || die "$OS_USER cannot reach $DATA (a directory above it is closed to others)"
+}
+
 write_config() {
   local user_line=""
-  [ "$(id -u)" -eq 0 ] && user_line="user=root"
+  [ "$(id -u)" -eq 0 ] && user_line="user=$OS_USER"
   cat >"$CONF" <<EOF
-# Written by ops/mariadb.sh start: a private server on loopback, everything under $DIR.
+# Written by ops/mariadb.sh start: a private server on loopback. Errors go to stderr, i.e. $LOG.
 [mariadbd]
 $user_line
 datadir=$DATA
 socket=$SOCK
-pid-file=$PIDFILE
-log-error=$LOG
+pid-file=$DATA/mariadbd.pid
 port=$PORT
 bind-address=127.0.0.1
 skip-name-resolve
+secure-file-priv=$FILES
+local-infile=0
 default-time-zone='+00:00'
 character-set-server=utf8mb4
 collation-server=utf8mb4_unicode_ci
@@ -87,40 +165,51 @@ port=$PORT
 EOF
 }
 
-# Executed by the server at every start before it accepts clients: the admin account with the current password.
+# Executed by the server at every start before it accepts clients: root only over the socket (also on a data
+# dir initialised by an older version of this script, whose root logged in over loopback without a password),
+# no anonymous account, the admin account with the current password.
 write_init_sql() {
-  local user pw
+  local user pw host
   user="$(sql_quote "$ADMIN_USER")"
   pw="$(sql_quote "$ADMIN_PASSWORD")"
+  host="$(uname -n)"
+  [ "$host" = localhost ] && host=127.0.0.1  # never drop root@localhost below
+  host="$(sql_quote "$host")"
+  rm -f "$INIT_SQL"
   (
     umask 077
     {
-      echo "CREATE USER IF NOT EXISTS $user@'localhost';"
-      echo "ALTER USER $user@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD($pw) OR unix_socket;"
-      for host in 127.0.0.1 ::1; do
-        echo "CREATE USER IF NOT EXISTS $user@'$host';"
-        echo "ALTER USER $user@'$host' IDENTIFIED BY $pw;"
-      done
-      for host in localhost 127.0.0.1 ::1; do
-        echo "GRANT ALL PRIVILEGES ON *.* TO $user@'$host' WITH GRANT OPTION;"
+      echo "DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1', 'root'@'%', 'root'@$host;"
+      echo "DROP USER IF EXISTS ''@'localhost', ''@$host;"
+      echo "ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket;"
+      for h in localhost 127.0.0.1 ::1; do
+        echo "CREATE USER IF NOT EXISTS $user@'$h';"
+        echo "ALTER USER $user@'$h' IDENTIFIED BY $pw;"
+        echo "GRANT ALL PRIVILEGES ON *.* TO $user@'$h' WITH GRANT OPTION;"
+        echo "REVOKE FILE, SHUTDOWN ON *.* FROM $user@'$h';"
       done
     } >"$INIT_SQL"
   )
+  # the server reads it after dropping root; the file stays in root's directory, removed once ready
+  [ "$(id -u)" -eq 0 ] && chown "$OS_USER:" "$INIT_SQL"
+  return 0
 }
 
 initialise() {
-  [ -f "$DATA/.initialised" ] && return 0
+  # (data/.initialised: where versions before the server dir kept the mark)
+  [ -f "$SERVER_DIR/.initialised" ] || [ -f "$DATA/.initialised" ] && return 0
   rm -rf "$DATA"
-  mkdir -p "$DATA"
+  prepare_dirs
   say "initialising $DATA"
   local user_arg=()
-  [ "$(id -u)" -eq 0 ] && user_arg=(--user=root)
-  if ! mariadb-install-db --no-defaults --datadir="$DATA" "${user_arg[@]}" --auth-root-authentication-method=normal \
+  [ "$(id -u)" -eq 0 ] && user_arg=(--user="$OS_USER")
+  # root@localhost IDENTIFIED VIA unix_socket (the default method): OS root over the socket, nobody over TCP
+  if ! mariadb-install-db --no-defaults --datadir="$DATA" "${user_arg[@]}" --auth-root-authentication-method=socket \
         --skip-test-db --skip-name-resolve >"$DIR/install.log" 2>&1; then
     tail -n 30 "$DIR/install.log" >&2
     die "mariadb-install-db failed (log: $DIR/install.log)"
   fi
-  touch "$DATA/.initialised"
+  touch "$SERVER_DIR/.initialised"
 }
 
 start() {
@@ -136,9 +225,14 @@ start() {
     return 0
   fi
   rm -f "$PIDFILE"
+  [ "$ADMIN_USER" != root ] || die "MYSQL_ADMIN_USER=root: root logs in only over the unix socket; name the platform's admin account"
+  [ -n "$ADMIN_PASSWORD" ] || die "MYSQL_ADMIN_PASSWORD is empty: the admin account needs a password"
   port_open "$PORT" && die "port $PORT is taken by another process (set MYSQL_PORT)"
+  [ "$(id -u)" -ne 0 ] || collect_orphans
+  choose_server_dir
   write_config
   initialise
+  prepare_dirs
   write_init_sql
   touch "$LOG"
   local mark
@@ -193,9 +287,8 @@ status() {
 
 client() {
   running_pid >/dev/null || die "not running (ops/mariadb.sh start)"
-  local pw_arg=()
-  [ -n "$ADMIN_PASSWORD" ] && pw_arg=("--password=$ADMIN_PASSWORD")
-  exec mariadb --no-defaults --socket="$SOCK" -u "$ADMIN_USER" "${pw_arg[@]}" "$@"
+  # the password through the environment, not the command line (where `ps` shows it)
+  MYSQL_PWD="$ADMIN_PASSWORD" exec mariadb --no-defaults --socket="$SOCK" -u "$ADMIN_USER" "$@"
 }
 
 case "${1:-}" in

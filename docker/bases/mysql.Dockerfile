@@ -8,8 +8,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends mariadb-server mariadb-client \
  && rm -rf /var/lib/apt/lists/* \
  # the package's postinst created a password-less data directory: the entrypoint makes its own
- && rm -rf /var/lib/mysql && mkdir -p /var/lib/mysql /run/mysqld /docker-entrypoint-initdb.d \
- && chown mysql:mysql /var/lib/mysql /run/mysqld
+ && rm -rf /var/lib/mysql && mkdir -p /var/lib/mysql /var/lib/mysql-files /run/mysqld /docker-entrypoint-initdb.d \
+ && chown mysql:mysql /var/lib/mysql /var/lib/mysql-files /run/mysqld \
+ && chmod 0700 /var/lib/mysql-files
 COPY mysql.cnf /etc/mysql/mariadb.conf.d/90-container.cnf
 COPY mysql.entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 VOLUME /var/lib/mysql

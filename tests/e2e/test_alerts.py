@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from ops.stack import ROOT, Stack, supervisorctl
+from app.settings import ROOT
+from ops.services import Stack, supervisorctl
 from tests.fixtures.stack import stack_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]

@@ -1,35 +1,42 @@
 """The platform's configs pass their programs' own checks, and say what the design asks of them.
 
 nginx -t, promtool check config/rules, promtool test rules, amtool check-config/routes: the real tools on
-the real renderings (native and compose). Nothing is started here; every test takes a second or less.
+the real renderings (native and compose). Every config is a rendering of the slot topology
+(app/contracts/topology.py): the expectations here are derived from it, and a four-slot topology renders
+configs the tools accept without any template edit. Nothing is started; every test takes a second or less.
 """
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 import re
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
+from app.contracts import pointer
+from app.contracts.topology import CANARY, STABLE, Slot, Topology, loopback_address
 from app.settings import ROOT
-from ops.stack import (
+from ops.bootstrap import point_slots
+from ops.render import (
     COMPOSE_FILES,
-    PROGRAMS,
     RULES_FILE,
-    SLOTS,
-    TEMPLATES,
-    Stack,
-    TemplateError,
     check_commands,
-    compose_values,
+    compose_context,
+    compose_renderings,
+    ensure_upstream,
+    nginx_check_command,
     render,
-    write_compose_configs,
+    render_text,
     write_configs,
 )
+from ops.services import Stack
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
 GRAFANA_DIR = ROOT / "monitoring" / "grafana"
@@ -72,31 +79,40 @@ def _ok(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# The card's topology: the expectations below come from it (and the card's numbers are checked against it).
+TOPOLOGY = Topology()
+
+
+def four_slots(first_port: int = 15201) -> Topology:
+    """A third stable replica beside the card's slots, at an exact 80/20 split (weights 4/4/4/3)."""
+    slots = (Slot("stable_1", STABLE, first_port, 1), Slot("stable_2", STABLE, first_port + 1, 1),
+             Slot("stable_3", STABLE, first_port + 2, 1), Slot("canary", CANARY, first_port + 3, 1))
+    return Topology(slots).with_canary_share(Fraction(1, 5))
+
+
 # ---------------------------------------------------------------------- templates
 
 
-def test_render_fills_values_and_keeps_only_blocks_whose_value_is_set():
-    template = "a={{A}}\n#% if ON\non {{B|json}}\n#% if !OFF\nnested\n#% endif\n#% endif\n#% if OFF\ngone\n#% endif\n"
-    text = render(template, {"A": 1, "B": 'x"y', "ON": True, "OFF": ""})
-    assert text == 'a=1\non "x\\"y"\nnested\n'
+def test_templates_refuse_an_unknown_name_instead_of_rendering_it_empty():
+    assert render_text("a={{ a }}{% if on %} on{% endif %}.\n", {"a": 1, "on": True}) == "a=1 on.\n"
+    with pytest.raises(jinja2.UndefinedError):
+        render_text("{{ missing }}\n", {})
+    with pytest.raises(jinja2.UndefinedError):
+        render_text("{{ nginx.missing }}\n", {"nginx": {}})
 
 
-@pytest.mark.parametrize(
-    "template",
-    ["{{MISSING}}\n", "#% if MISSING\n#% endif\n", "#% if A\n", "#% endif\n"],
-    ids=["unknown-value", "unknown-condition", "unclosed-if", "stray-endif"],
-)
-def test_render_refuses_unknown_names_and_unbalanced_blocks(template):
-    with pytest.raises(TemplateError):
-        render(template, {"A": "1"})
+def test_supervisor_values_have_their_percent_doubled_and_yaml_values_are_quoted():
+    assert render_text("x={{ v }}\n", {"v": "a%b"}, percent_escaped=True) == "x=a%%b\n"
+    assert render_text("x: {{ v | quote }}\n", {"v": 'p"w: #x'}) == 'x: "p\\"w: #x"\n'
 
 
-def test_compose_renderings_in_git_are_up_to_date_with_their_templates(tmp_path):
-    written = write_compose_configs(tmp_path)
-    for fresh in written:
-        tracked = next(p for p in COMPOSE_FILES.values() if p.name == fresh.name)
-        assert fresh.read_text() == tracked.read_text(), (
-            f"{tracked} is stale: run `python -m ops.stack render --variant compose`"
+def test_compose_renderings_in_git_are_up_to_date_with_their_templates():
+    renderings = compose_renderings()
+    assert set(renderings) == set(COMPOSE_FILES.values())
+    for tracked, fresh in renderings.items():
+        assert tracked.read_text() == fresh, (
+            f"{tracked.relative_to(ROOT)} is stale or was edited by hand: edit its template, then run "
+            "`python -m ops.stack render --variant compose`"
         )
 
 
@@ -107,31 +123,76 @@ def test_native_nginx_config_passes_nginx_t(native):
     _ok(_run(check_commands(native)["nginx"]))
 
 
-def test_compose_nginx_config_passes_nginx_t(tmp_path):
-    # Service names resolve only inside compose: check the same rendering with loopback upstreams.
-    values = compose_values()
-    values.update(
-        UPSTREAM_STABLE_1="127.0.0.1:5001", UPSTREAM_STABLE_2="127.0.0.1:5002", UPSTREAM_CANARY="127.0.0.1:5003",
-        NGINX_PID=tmp_path / "nginx.pid", NGINX_TEMP=tmp_path,
-    )
+def _compose_nginx_checkable(tmp_path: Path, topology: Topology = TOPOLOGY) -> Path:
+    """The compose NGINX rendering with loopback upstreams and temp paths: service names resolve only in compose."""
+    context = compose_context(topology=topology)
+    upstream = tmp_path / "upstream.conf"
+    nginx = {**context["nginx"], "pidfile": tmp_path / "nginx.pid", "temp": tmp_path, "upstream": upstream}
+    context.update(address=loopback_address, nginx=nginx)
+    ensure_upstream(upstream, topology, loopback_address, reset=True)
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render(TEMPLATES["nginx"].read_text(), values))
-    _ok(_run(["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(conf)]))
+    conf.write_text(render("nginx", context))
+    return conf
+
+
+def test_compose_nginx_config_passes_nginx_t(tmp_path):
+    _ok(_run(nginx_check_command(_compose_nginx_checkable(tmp_path), tmp_path)))
 
 
 def _directives(conf: str, name: str) -> list[str]:
     return [m.group(1).strip() for m in re.finditer(rf"^\s*{name}\s+([^;{{}}]*);", conf, re.M)]
 
 
-def test_nginx_upstream_has_three_servers_weighted_2_2_1_on_the_slot_ports(native):
+def _upstream_block(conf: str) -> str:
+    return conf.split("upstream inference {")[1].split("}")[0]
+
+
+def test_nginx_upstream_has_one_server_per_slot_weighted_2_2_1_on_the_slot_ports(native):
+    # The card's split, from the one module that defines it: two stable replicas and a canary, exactly 80/20.
+    assert [(s.name, s.role, s.weight) for s in TOPOLOGY.slots] == [
+        ("stable_1", "stable", 2), ("stable_2", "stable", 2), ("canary", "canary", 1)]
     conf = native.config_path("nginx").read_text()
-    servers = _directives(conf, "server")
-    expected = [f"127.0.0.1:{native.slot_ports[slot]}" for slot in SLOTS]
-    assert [s.split()[0] for s in servers] == expected
+    block = _upstream_block(conf)
+    assert _directives(block, "include") == [str(native.nginx_upstream)]
+    assert _directives(block, "keepalive"), "no keepalive connections to the upstreams"
+    servers = _directives(native.nginx_upstream.read_text(), "server")
+    assert [s.split()[0] for s in servers] == [f"127.0.0.1:{native.slot_ports[slot]}" for slot in native.slots]
     weights = [int(re.search(r"weight=(\d+)", s).group(1)) for s in servers]
-    assert weights == [2, 2, 1]
+    assert weights == [slot.weight for slot in native.topology.slots] == [2, 2, 1]
     assert weights[2] / sum(weights) == pytest.approx(0.2)
-    assert _directives(conf, "keepalive"), "no keepalive connections to the upstreams"
+    assert all("max_fails=1 fail_timeout=2s" in s for s in servers)
+
+
+def test_the_upstream_file_keeps_a_moved_split_on_a_live_stack_and_follows_the_topology(tmp_path):
+    path = tmp_path / "upstream.conf"
+    assert ensure_upstream(path, TOPOLOGY, loopback_address, reset=True)
+    moved = TOPOLOGY.with_canary_share(0.5)  # what a release step writes
+    path.write_text(moved.nginx_servers(loopback_address))
+    assert not ensure_upstream(path, TOPOLOGY, loopback_address, reset=False)  # `up` on a live stack
+    assert path.read_text() == moved.nginx_servers(loopback_address)
+    assert ensure_upstream(path, TOPOLOGY, loopback_address, reset=True)  # a fresh start: the resting split
+    assert path.read_text() == TOPOLOGY.nginx_servers(loopback_address)
+    four = four_slots()
+    assert ensure_upstream(path, four, loopback_address, reset=False)  # a slot added: rewritten
+    assert len(_directives(path.read_text(), "server")) == 4
+
+
+@pytest.mark.parametrize("share", [0, 0.05, 0.5, 1])
+def test_nginx_accepts_every_split_a_release_step_writes(tmp_path, share):
+    conf = _compose_nginx_checkable(tmp_path)
+    (tmp_path / "upstream.conf").write_text(TOPOLOGY.with_canary_share(share).nginx_servers(loopback_address))
+    if share == 0:  # weight 0 (the canary out of traffic) stays in the block as `down`: NGINX has no weight 0
+        assert re.search(r"^server 127\.0\.0\.1:5003 down ", (tmp_path / "upstream.conf").read_text(), re.M)
+    _ok(_run(nginx_check_command(conf, tmp_path)))
+
+
+def test_bootstrap_points_only_slots_without_a_pointer_on_a_live_stack(tmp_path):
+    pointer.write_slot(tmp_path, "canary", 7)  # a release under way
+    assert point_slots(tmp_path, TOPOLOGY, 3, overwrite=False) == ["stable_1", "stable_2"]
+    assert {slot: pointer.read_slot(tmp_path, slot) for slot in TOPOLOGY.names} == {
+        "stable_1": 3, "stable_2": 3, "canary": 7}
+    assert point_slots(tmp_path, TOPOLOGY, 3, overwrite=True) == list(TOPOLOGY.names)
+    assert pointer.read_slot(tmp_path, "canary") == 3
 
 
 def _ms(value: str) -> float:
@@ -158,7 +219,12 @@ def test_nginx_exposes_only_recommend_and_health_and_passes_the_request_id(nativ
     assert re.findall(r"location\s+([^{]+?)\s*\{", main_server) == ["/recommend/", "= /health", "/"]
     catch_all = main_server.split("location / {")[1].split("}")[0]
     assert "return 404" in catch_all and "proxy_pass" not in catch_all
-    assert "X-Request-Id $request_id" in main_server
+    # the client's id when sane (a map on $http_x_request_id), else NGINX's own: forwarded and logged
+    assert "X-Request-Id $movierec_request_id" in main_server
+    request_map = conf.split("map $http_x_request_id $movierec_request_id {")[1].split("\n    }")[0]
+    assert "default $request_id;" in request_map
+    assert re.search(r'"~\^\[A-Za-z0-9-\]\{8,64\}\$"\s+\$http_x_request_id;', request_map)
+    assert "request_id=$movierec_request_id" in conf.split("log_format")[1].split(";")[0]
 
 
 def test_nginx_access_log_records_upstream_and_timings(native):
@@ -193,9 +259,11 @@ def test_prometheus_scrapes_each_slot_with_its_slot_label_every_few_seconds(nati
     assert _ms(interval) <= 5000, "a 30 s release window needs several samples"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = {
-        group["labels"]["slot"]: group["targets"] for group in jobs["inference"]["static_configs"]
+        group["labels"]["slot"]: (group["labels"]["role"], group["targets"])
+        for group in jobs["inference"]["static_configs"]
     }
-    assert targets == {slot: [f"127.0.0.1:{native.slot_ports[slot]}"] for slot in SLOTS}
+    assert targets == {slot.name: (slot.role, [f"127.0.0.1:{slot.port}"]) for slot in native.topology.slots}
+    assert set(targets) == {"stable_1", "stable_2", "canary"}
     assert {"prometheus", "alertmanager"} <= set(jobs)
     # The exporters run only in compose: natively they would be targets down forever.
     assert not {"node", "cadvisor", "nginx"} & set(jobs)
@@ -272,8 +340,8 @@ def test_supervisord_config_runs_every_program_with_its_own_port_and_log(native)
     parser = configparser.RawConfigParser()
     parser.read(native.supervisor_conf)
     programs = {s.split(":", 1)[1]: parser[s] for s in parser.sections() if s.startswith("program:")}
-    assert set(programs) == set(PROGRAMS)
-    for slot in SLOTS:
+    assert set(programs) == set(native.programs) == {*native.slots, "nginx", "prometheus", "alertmanager"}
+    for slot in native.slots:
         environment = programs[slot]["environment"]
         assert f'MOVIEREC_SLOT="{slot}"' in environment
         assert f'MOVIEREC_PORT="{native.slot_ports[slot]}"' in environment
@@ -284,6 +352,104 @@ def test_supervisord_config_runs_every_program_with_its_own_port_and_log(native)
     for name, section in programs.items():
         assert Path(section["stdout_logfile"]).parent == native.log_dir, name
     assert parser["supervisord"]["pidfile"] == str(native.supervisor_pidfile)
+
+
+# ---------------------------------------------------------------------- compose.yml
+
+
+def _inference_services(compose: dict) -> dict[str, dict]:
+    return {name: svc for name, svc in compose["services"].items() if name.startswith("inference_")}
+
+
+def _check_compose_topology(compose: dict, topology: Topology) -> None:
+    """One inference service per slot (its slot, port, pointer and spool), NGINX waits for each, the release
+    knows each slot's URL, and every named volume a service mounts is declared."""
+    services = _inference_services(compose)
+    assert list(services) == [slot.service for slot in topology.slots]
+    for slot in topology.slots:
+        env = services[slot.service]["environment"]
+        assert (env["MOVIEREC_SLOT"], env["MOVIEREC_PORT"]) == (slot.name, str(slot.port))
+        assert env["MOVIEREC_POINTER"] == f"/srv/run/slots/{slot.name}"
+        assert env["MYSQL_HOST"] == "mysql"  # the shared environment came through the merge key
+        assert f"spool_{slot.name}:/srv/run/spool" in services[slot.service]["volumes"]
+        assert services[slot.service]["ports"][0].endswith(f":{slot.port}")
+    assert set(compose["services"]["nginx"]["depends_on"]) == {slot.service for slot in topology.slots}
+    urls = compose["services"]["scheduler"]["environment"]["RELEASE_SLOT_URLS"]
+    assert urls == ",".join(f"{slot.name}=http://{slot.service}:{slot.port}" for slot in topology.slots)
+    for name, svc in compose["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith(("/", ".", "$")):
+                assert source in compose["volumes"], f"{name} mounts undeclared volume {source}"
+        for dependency in svc.get("depends_on", []):
+            assert dependency in compose["services"], f"{name} depends on unknown service {dependency}"
+
+
+def test_compose_runs_one_inference_service_per_slot_of_the_topology():
+    compose = yaml.safe_load(COMPOSE_FILES["compose"].read_text())
+    _check_compose_topology(compose, TOPOLOGY)
+    # NGINX in compose reads the upstream file the bootstrap and the release write, on a shared volume.
+    assert "upstream:/srv/run/nginx:ro" in compose["services"]["nginx"]["volumes"]
+    assert "upstream:/srv/run/nginx" in compose["services"]["model-init"]["volumes"]
+    assert "upstream:/srv/run/nginx" in compose["services"]["scheduler"]["volumes"]
+    conf = COMPOSE_FILES["nginx"].read_text()
+    assert _directives(_upstream_block(conf), "include") == ["/srv/run/nginx/upstream.conf"]
+
+
+# ---------------------------------------------------------------------- a fourth slot: no template edit
+
+
+@pytest.fixture
+def four(tmp_path) -> Stack:
+    """The native stack's configs with a third stable replica, rendered by the same templates."""
+    stack = dataclasses.replace(Stack.from_env(_environ(tmp_path)), topology=four_slots())
+    write_configs(stack)
+    return stack
+
+
+def test_a_fourth_slot_renders_nginx_with_four_weighted_servers_that_nginx_accepts(four):
+    _ok(_run(check_commands(four)["nginx"]))
+    servers = _directives(four.nginx_upstream.read_text(), "server")
+    assert [s.split()[0] for s in servers] == [f"127.0.0.1:{p}" for p in (15201, 15202, 15203, 15204)]
+    weights = [int(re.search(r"weight=(\d+)", s).group(1)) for s in servers]
+    assert weights == [4, 4, 4, 3]
+    assert Fraction(weights[-1], sum(weights)) == Fraction(1, 5)
+
+
+def test_a_fourth_slot_is_scraped_by_prometheus_with_its_slot_and_role(four):
+    _ok(_run(check_commands(four)["prometheus"]))
+    config = yaml.safe_load(four.config_path("prometheus").read_text())
+    (inference,) = [job for job in config["scrape_configs"] if job["job_name"] == "inference"]
+    assert [(g["labels"]["slot"], g["labels"]["role"], g["targets"]) for g in inference["static_configs"]] == [
+        ("stable_1", "stable", ["127.0.0.1:15201"]), ("stable_2", "stable", ["127.0.0.1:15202"]),
+        ("stable_3", "stable", ["127.0.0.1:15203"]), ("canary", "canary", ["127.0.0.1:15204"]),
+    ]
+
+
+def test_a_fourth_slot_gets_its_supervisor_program_and_readiness_check(four):
+    from ops.services import readiness_checks
+
+    parser = configparser.RawConfigParser()
+    parser.read(four.supervisor_conf)
+    programs = {s.split(":", 1)[1] for s in parser.sections() if s.startswith("program:")}
+    assert programs == {"stable_1", "stable_2", "stable_3", "canary", "nginx", "prometheus", "alertmanager"}
+    assert 'MOVIEREC_PORT="15203"' in parser["program:stable_3"]["environment"]
+    assert (four.run_dir / "spool" / "stable_3").is_dir() and (four.run_dir / "metrics" / "stable_3").is_dir()
+    checks = {check.name: check.after for check in readiness_checks(four)}
+    assert "stable_3" in checks and "stable_3" in checks["nginx"]
+
+
+def test_a_fourth_slot_renders_compose_with_four_inference_services(tmp_path):
+    topology = four_slots(5001)
+    compose = yaml.safe_load(compose_renderings(topology)[COMPOSE_FILES["compose"]])
+    _check_compose_topology(compose, topology)
+    assert "spool_stable_3" in compose["volumes"]
+    _ok(_run(nginx_check_command(_compose_nginx_checkable(tmp_path, topology), tmp_path)))
+    prometheus = tmp_path / "prometheus.yml"
+    prometheus.write_text(compose_renderings(topology)[COMPOSE_FILES["prometheus"]])
+    (tmp_path / "rules.yml").write_text(RULES_FILE.read_text())
+    _ok(_run(["promtool", "check", "config", str(prometheus)], cwd=tmp_path))
+    assert "inference_stable_3:5003" in prometheus.read_text()
 
 
 # ---------------------------------------------------------------------- Grafana
@@ -332,6 +498,19 @@ def test_every_dashboard_expression_parses_with_promtool(tmp_path):
     done = _run(["promtool", "check", "rules", str(rules_file)])
     _ok(done)
     assert f"{len(rules)} rules found" in done.stdout
+
+
+def test_no_dashboard_names_a_slot_panels_repeat_over_the_slot_variable():
+    """A fourth slot needs no dashboard edit: slots come from Prometheus' labels, never from the JSON."""
+    for path in DASHBOARDS:
+        text = path.read_text()
+        for name in Topology().names:
+            assert f'slot=\\"{name}\\"' not in text and f"Latency histogram: {name}" not in text, (path.name, name)
+    quality = json.loads((GRAFANA_DIR / "dashboards" / "model_quality.json").read_text())
+    (variable,) = quality["templating"]["list"]
+    assert variable["name"] == "slot" and "label_values(model_info, slot)" in variable["definition"]
+    repeated = [p for p in _panels(quality) if p.get("repeat") == "slot"]
+    assert repeated and all('slot="$slot"' in t["expr"] for p in repeated for t in p["targets"])
 
 
 def test_dashboards_show_what_the_design_asks_for():

@@ -13,8 +13,9 @@ import time
 import pytest
 import requests
 
-from ops.stack import ROOT, Stack
-from tests.fixtures.stack import alive, descendants, free_ports, stack_environ
+from app.settings import ROOT
+from ops.services import Stack, program_pids
+from tests.fixtures.stack import SLOTS, alive, descendants, free_ports, stack_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -79,7 +80,7 @@ def test_online_evaluation_of_the_simulated_users_reaches_prometheus(demo):
     def attributed(series: list) -> set[tuple[str, str]]:
         """(version, slot) of the series that the provenance join attributed to a serving slot."""
         return {(s["metric"]["version"], s["metric"]["slot"]) for s in series
-                if s["metric"]["version"].isdigit() and s["metric"]["slot"] in {"stable_1", "stable_2", "canary"}}
+                if s["metric"]["version"].isdigit() and s["metric"]["slot"] in SLOTS}
 
     series: list = []
     deadline = time.monotonic() + 150  # the gauges refresh every 30 s
@@ -98,8 +99,6 @@ def test_down_stops_the_demo_programs_and_the_broker(demo):
     env, _, _ = demo
     stack = Stack.from_env(env, demo=True)
     kafka_pid = int((stack.run_dir / "kafka" / "kafka.pid").read_text())
-    from ops.stack import program_pids
-
     pids = [p for p in program_pids(stack).values() if p]
     pids += [c for p in list(pids) for c in descendants(p)]
     assert alive(kafka_pid) and pids

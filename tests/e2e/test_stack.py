@@ -20,8 +20,12 @@ import time
 import pytest
 import requests
 
-from ops.stack import SLOTS, Stack, process_info, prometheus_slots_up, supervisord_pid, write_configs
-from tests.fixtures.stack import NativeStack, alive, stack_environ, start_native_stack
+from app.contracts.topology import loopback_address, write_nginx_upstream
+from app.settings import MySQL
+from app.store import connect
+from ops.render import write_configs
+from ops.services import Stack, environment, process_info, prometheus_slots_up, supervisord_pid
+from tests.fixtures.stack import SLOTS, TOPOLOGY, NativeStack, alive, stack_environ, start_native_stack
 
 # The session stack takes 15-35 s to come up (MariaDB, default data, model 1 with its evaluation): all slow.
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -35,6 +39,7 @@ def _get(url: str, session: requests.Session | None = None) -> requests.Response
 
 def test_up_brings_every_part_to_ready(native_stack: NativeStack):
     stack = native_stack.stack
+    assert stack.slots == SLOTS == ("stable_1", "stable_2", "canary")  # the topology's slots, all started
     for slot in SLOTS:
         assert _get(f"{stack.slot_url(slot)}/ready").status_code == 200, slot
     health = _get(f"{stack.nginx_url}/health")
@@ -67,13 +72,9 @@ def test_up_wrote_default_data_trained_model_1_and_points_every_slot_at_it(nativ
 
 def _query(native_stack: NativeStack, sql: str) -> list[tuple]:
     """Run `sql` on the stack's provenance database as the read-only auditor."""
-    from app.settings import MySQL
-    from auto_deployment import schema
-    from ops.stack import _environment
-
-    with _environment(native_stack.env):
+    with environment(native_stack.env):
         settings = MySQL.from_env()
-    conn = schema.connect(settings, "auditor")
+    conn = connect(settings, "auditor")
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
@@ -116,7 +117,44 @@ def test_nginx_splits_80_20_between_stable_and_canary_without_a_failure(native_s
         slots[response.headers.get("X-Slot", "none")] += 1
     assert failed == 0
     assert set(slots) == {"stable", "canary"}
+    # the split the topology's weights (2/2/1) define, as NGINX really applies it
+    assert float(TOPOLOGY.canary_share()) == 0.20
     assert slots["canary"] / SPLIT_REQUESTS == pytest.approx(0.20, abs=0.03)
+
+
+def _canary_share(url: str, requests_n: int) -> float:
+    with requests.Session() as session:
+        slots = collections.Counter(_get(f"{url}/recommend/{i % 500}", session).headers["X-Slot"]
+                                    for i in range(requests_n))
+    return slots["canary"] / requests_n
+
+
+def _reload_nginx(stack: Stack) -> None:
+    """What the release's router does after rewriting the upstream file: a graceful reload (SIGHUP)."""
+    os.kill(int(stack.nginx_pidfile.read_text().strip()), signal.SIGHUP)
+    time.sleep(1.0)  # new workers take over; the old ones finish their requests and exit
+
+
+def test_the_split_changes_at_run_time_by_rewriting_only_the_upstream_file(native_stack: NativeStack):
+    stack = native_stack.stack
+    conf_before = stack.config_path("nginx").read_text()
+    at_rest = stack.nginx_upstream.read_text()
+    assert at_rest == stack.topology.nginx_servers(loopback_address)
+    try:
+        write_nginx_upstream(stack.nginx_upstream, stack.topology.with_canary_share(0.5), loopback_address)
+        _reload_nginx(stack)
+        assert _canary_share(stack.nginx_url, 1000) == pytest.approx(0.5, abs=0.05)
+        # `up` on the live stack keeps the split a release has set (and reloads nothing it need not)
+        done = native_stack.ops("up")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "reloaded nginx" not in done.stdout
+        assert stack.nginx_upstream.read_text() == stack.topology.with_canary_share(0.5).nginx_servers(
+            loopback_address)
+    finally:
+        write_nginx_upstream(stack.nginx_upstream, stack.topology, loopback_address)
+        _reload_nginx(stack)
+    assert stack.config_path("nginx").read_text() == conf_before
+    assert _canary_share(stack.nginx_url, 1000) == pytest.approx(0.2, abs=0.04)
 
 
 def test_requests_through_nginx_are_recorded_in_provenance_by_the_slot_that_served_them(native_stack: NativeStack):
