@@ -48,3 +48,13 @@ def format_duration(seconds: float) -> str:
         if whole % size == 0:
             return f"{whole // size}{unit}"
     return f"{whole}s"
+
+
+def duration_arg(text: str) -> float:
+    """`parse_duration` as an argparse ``type=``: a bad value becomes a usage error naming the examples."""
+    import argparse  # only command lines need it
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

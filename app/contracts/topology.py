@@ -145,6 +145,22 @@ class Topology:
         return Topology(tuple(replace(s, weight=weights[s.name]) for s in self.slots))
 
 
+def loopback_address(slot: Slot) -> str:
+    """Where the native stack's NGINX, Prometheus and deployer reach a slot."""
+    return f"127.0.0.1:{slot.port}"
+
+
+def service_address(slot: Slot) -> str:
+    """Where compose's NGINX, Prometheus and deployer reach a slot (its service name on the private network)."""
+    return f"{slot.service}:{slot.port}"
+
+
+def upstream_path(run_dir: str | Path) -> Path:
+    """``<run>/nginx/upstream.conf``: the file nginx.conf includes in its upstream block, the only file a
+    weight change rewrites (natively, and in compose where ``<run>/nginx`` is a shared volume)."""
+    return Path(run_dir) / "nginx" / "upstream.conf"
+
+
 def write_nginx_upstream(path: str | Path, topo: Topology, address: Callable[[Slot], str]) -> None:
     """Atomically write NGINX's upstream ``server`` lines (the file nginx.conf includes in its upstream).
 

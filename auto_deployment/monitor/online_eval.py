@@ -36,6 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from app import store
+from app.clock import duration_arg
 from app.contracts.events import MalformedLine, RateEvent, RecommendationEvent, WatchEvent, parse_line
 from app.logs import kv
 from app.settings import MySQL, Paths
@@ -113,31 +115,14 @@ class ProvenanceAttributor:
         self.slack_ms = int(slack_s * 1000)
 
     def attribute(self, recs: list[RecommendationEvent]) -> list[tuple[str, str]]:
-        import pymysql
-
         if not recs:
             return []
         times = [int(r.time.timestamp() * 1000) for r in recs]
-        users = sorted({r.user_id for r in recs})
-        conn = pymysql.connect(
-            host=self.settings.host, port=self.settings.port, user=self.settings.auditor_user,
-            password=self.settings.auditor_password, database=self.settings.database,
-            connect_timeout=self.settings.connect_timeout_s,
-        )
         rows: dict[tuple[int, str], list[tuple[int, str, str]]] = defaultdict(list)
-        try:
-            with conn.cursor() as cur:
-                for start in range(0, len(users), 500):
-                    chunk = users[start : start + 500]
-                    cur.execute(
-                        "SELECT user_id, movies, served_at_ms, version_number, slot FROM reccom "
-                        f"WHERE user_id IN ({','.join(['%s'] * len(chunk))}) AND served_at_ms BETWEEN %s AND %s",
-                        [*chunk, min(times) - self.slack_ms, max(times) + self.slack_ms],
-                    )
-                    for user, movies, served, version, slot in cur.fetchall():
-                        rows[(int(user), movies)].append((int(served), str(version), str(slot)))
-        finally:
-            conn.close()
+        served = store.served_lists(self.settings, [r.user_id for r in recs],
+                                    min(times) - self.slack_ms, max(times) + self.slack_ms)
+        for user, movies, served_ms, version, slot in served:
+            rows[(user, movies)].append((served_ms, version, slot))
         out = []
         for rec, t in zip(recs, times, strict=True):
             candidates = rows.get((rec.user_id, ",".join(rec.movies)), [])
@@ -260,13 +245,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", type=Path, required=True, help="event log file to evaluate")
     parser.add_argument("--data-dir", type=Path, default=None, help="movies table for runtimes (default data/)")
     parser.add_argument("--no-provenance", action="store_true", help="group by server field, not by version")
-    parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds after a list a watch counts")
-    parser.add_argument("--settle", type=float, default=SETTLE_S,
+    parser.add_argument("--window", type=duration_arg, default=WINDOW_S,
+                        help="how long after a list a watch counts (30m, 1800, ...)")
+    parser.add_argument("--settle", type=duration_arg, default=SETTLE_S,
                         help="seconds the log must move past a list before it is evaluated")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--serve", type=int, default=None, metavar="PORT",
                         help="keep running: expose gauges on this port for Prometheus, refreshed every --every s")
-    parser.add_argument("--every", type=float, default=30.0, help="refresh period with --serve")
+    parser.add_argument("--every", type=duration_arg, default=30.0, help="refresh period with --serve (30s, 1m, ...)")
     parser.add_argument("--tail-mb", type=float, default=64.0,
                         help="evaluate only the last this-many MB of the log (a live log keeps growing)")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from app.contracts.tables import REJECTED_COUNTS, load_tables
 from app.settings import Paths
-from auto_deployment import online_eval
+from auto_deployment.monitor import online_eval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

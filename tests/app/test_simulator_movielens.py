@@ -11,7 +11,7 @@ from app.contracts.events import RecommendationEvent, WatchEvent, parse_line
 from app.contracts.tables import Tables
 from app.model import Recommender
 from app.settings import ROOT
-from auto_deployment.online_eval import ServerAttributor, report
+from auto_deployment.monitor.online_eval import ServerAttributor, report
 
 
 def test_movielens_users_ask_watch_and_rate_what_a_movielens_model_serves(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from auto_deployment.online_eval import (
+from auto_deployment.monitor.online_eval import (
     ServerAttributor,
     movie_score,
     rank_score,
@@ -124,4 +124,5 @@ def test_a_live_log_settles_against_the_clock_not_its_future_watch_lines():
     m = report(lines, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10, now=now)[("unknown", "s:1")]
     assert m["lists"] == 1 and m["hit_rate"] == 0.0  # user 2's list, 5 s old, waits
     later = now + 10
-    assert report(lines, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10, now=later)[("unknown", "s:1")]["lists"] == 2
+    settled = report(lines, ServerAttributor(), {"m0+2000": 10.0}, settle_s=10, now=later)
+    assert settled[("unknown", "s:1")]["lists"] == 2
