@@ -18,7 +18,14 @@ What the release controller and alerts query (names and labels are a contract):
   / sum(rate(..._count{...}[W]))``;
 * ``recommend_requests_total{slot,version,status}``: error ratio = non-200 / all;
 * ``recommend_cold_start_total{slot,version}``: answers that used the cold-start ranking;
-* ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dropped``;
+* ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dead_lettered`` | ``dropped``
+  (every row ends written, dead-lettered or dropped; ``spooled`` counts rows passing through the disk);
+* ``provenance_failures_total{slot,kind}``: one per failure of the writer (``app.provenance.FAILURE_KINDS``:
+  mysql, queue_full, spool_full, spool_write, spool_list, spool_file, dead_letter_write, writer);
+* gauges of the provenance writer: ``provenance_queue_rows`` (rows in memory, summed over live workers),
+  ``provenance_spool_bytes``, ``provenance_spool_limit_bytes``, ``provenance_spool_oldest_age_seconds``
+  (the slot's spool directory, max over live workers) and ``provenance_writer_heartbeat_timestamp_seconds``
+  (last cycle of the writer thread, min over live workers: a stuck or dead thread shows as an old value);
 * ``model_info{slot,version}`` = 1 for each version some live worker serves (``livemax``: the max
   over *live* workers, so a worker that died or moved on to another version stops counting, and
   there is no ``pid`` label to aggregate away; ``max`` would keep a dead worker's 1 forever,
@@ -36,6 +43,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from app.provenance import FAILURE_KINDS, ROW_OUTCOMES
 from app.settings import Serving
 
 # Fine-grained where our answers live (a few ms), coarser up to the client's 800 ms limit and 1 s.
@@ -44,7 +52,7 @@ LATENCY_BUCKETS = (
     0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0,
 )
 NO_VERSION = "none"
-OUTCOMES = ("written", "spooled", "dropped")
+OUTCOMES = ROW_OUTCOMES  # provenance_rows_total{outcome}
 
 
 def ensure_multiproc_dir(serving: Serving) -> bool:
@@ -94,6 +102,8 @@ class ServingMetrics:
         self._requests = m["requests"]
         self._cold = m["cold"]
         self._provenance = m["provenance"]
+        self._failures = m["provenance_failures"]
+        self._gauges = {name: m[f"provenance_{name}"] for name in _PROVENANCE_GAUGES}
         self._model_info = m["model_info"]
 
     def observe_recommend(self, version: str, status: int, seconds: float, cold: bool = False) -> None:
@@ -103,10 +113,15 @@ class ServingMetrics:
         if cold and status == 200:
             self._cold.labels(slot=self.slot, version=labels["version"]).inc()
 
-    def provenance_event(self, outcome: str, n: int) -> None:
-        """`on_event` callback of the provenance writer."""
-        if n > 0:
-            self._provenance.labels(slot=self.slot, outcome=outcome).inc(n)
+    def provenance_event(self, name: str, value: float) -> None:
+        """`on_event` callback of the provenance writer: row outcomes, ``failure.<kind>`` and gauges."""
+        if name in OUTCOMES:
+            if value > 0:
+                self._provenance.labels(slot=self.slot, outcome=name).inc(value)
+        elif name.startswith("failure."):
+            self._failures.labels(slot=self.slot, kind=name.removeprefix("failure.")).inc(value)
+        elif name in self._gauges:
+            self._gauges[name].labels(slot=self.slot).set(value)
 
     def model_swapped(self, old_version: str | None, new_version: str) -> None:
         if old_version is not None and old_version != new_version:
@@ -118,10 +133,21 @@ class ServingMetrics:
         v = version or NO_VERSION
         for outcome in OUTCOMES:
             self._provenance.labels(slot=self.slot, outcome=outcome)
+        for kind in FAILURE_KINDS:
+            self._failures.labels(slot=self.slot, kind=kind)
         self._cold.labels(slot=self.slot, version=v)
 
 
 _OBJECTS: dict[str, object] = {}
+# writer event -> (help, multiprocess mode): one spool directory per slot, so its size is a max, not a sum
+_PROVENANCE_GAUGES = {
+    "queue_rows": ("Provenance rows waiting in memory for the writer thread", "livesum"),
+    "spool_bytes": ("Bytes in the slot's provenance spool directory (rows MySQL has not got yet)", "livemax"),
+    "spool_limit_bytes": ("Cap of the provenance spool directory; rows past it are dropped", "livemax"),
+    "spool_oldest_age_seconds": ("Age of the oldest spooled provenance row (0 when the spool is empty)", "livemax"),
+    "heartbeat_seconds": ("Unix time of the provenance writer thread's last cycle (oldest live worker)", "livemin"),
+}
+_GAUGE_NAMES = {"heartbeat_seconds": "provenance_writer_heartbeat_timestamp_seconds"}
 
 
 def _objects() -> dict:
@@ -148,9 +174,20 @@ def _objects() -> dict:
             ),
             provenance=Counter(
                 "provenance_rows_total",
-                "Provenance rows by outcome: written to MySQL, spooled to disk, dropped",
+                "Provenance rows by outcome: written to MySQL, spooled to disk, dead-lettered, dropped",
                 ["slot", "outcome"],
             ),
+            provenance_failures=Counter(
+                "provenance_failures_total",
+                "Failures of the provenance writer by kind (MySQL, spool full or unwritable, bad spool file...)",
+                ["slot", "kind"],
+            ),
+            **{
+                f"provenance_{name}": Gauge(
+                    _GAUGE_NAMES.get(name, f"provenance_{name}"), text, ["slot"], multiprocess_mode=mode
+                )
+                for name, (text, mode) in _PROVENANCE_GAUGES.items()
+            },
             model_info=Gauge(
                 "model_info",
                 "1 for each model version a live worker of the slot serves",

@@ -3,7 +3,7 @@
 Every ``/recommend`` answer becomes one ``reccom`` row. :class:`ProvenanceWriter` keeps MySQL off
 the request path: :meth:`~ProvenanceWriter.submit` appends the row to an in-memory queue and returns
 (no I/O, no lock held for more than a flag check); a background thread writes the queue in batches
-(``executemany`` of one ``INSERT IGNORE``) as the app account, which may only insert into ``reccom``.
+(:func:`app.store.insert_reccom`) as the app account, which may only insert into ``reccom``.
 
 When MySQL is down, slow or refuses us, a batch goes to an on-disk spool instead: JSON lines
 appended to one file per writer (``<spool_dir>/<time_ns>-<host>-<pid>-<tag>.jsonl``), each append
@@ -15,34 +15,65 @@ directly, so rows reach MySQL in the order they were submitted.
 Why this is crash-safe
     A row is in exactly one of three places: the in-memory queue, a spool file on disk (fsync'd
     before the batch counts as spooled), or MySQL. A spool file is deleted only after all its rows
-    were inserted. Replaying is idempotent: ``row_id`` (one per served answer) is UNIQUE and every
-    insert is ``INSERT IGNORE``, so a batch that reached MySQL but whose acknowledgement was lost (a timeout, a crash
-    between insert and delete) is simply ignored the second time - exactly once, never twice.
+    were inserted. Replaying is idempotent: ``row_id`` (one per served answer) is UNIQUE and a
+    duplicate insert is a no-op, so a batch that reached MySQL but whose acknowledgement was lost (a
+    timeout, a crash between insert and delete) is simply ignored the second time - exactly once.
     Files left by a process that died are replayed by the next writer that starts (or scans, every
     ``scan_interval_s``) on the same spool directory. Each live writer holds an ``flock`` on its own
     file for as long as it exists, and a writer replays another's file only after taking that lock,
     so two live workers never replay the same file (files are created under a temporary name, locked,
     then renamed, so no one can take a file between its creation and its lock).
 
+Why it cannot wedge
+    Nothing read from disk can stop the writer. A spool line that is not a storable row (torn, not
+    JSON, nested 100,000 deep, ``1e400``, a value that does not fit its column, random bytes, longer
+    than ``MAX_LINE``) goes to the dead-letter directory (``dead_letter_dir``, by default
+    ``<spool_dir>.dead-letter``: outside the spool, so a broken spool directory cannot take it along)
+    as one JSON line with the reason (that directory is capped at ``spool_max_bytes`` too), and replay
+    goes on with the next line. A spool file that cannot be opened or read is moved there whole; a
+    spool directory that cannot be listed is noted there and replay is skipped, while the live queue
+    is still written. Replay and delivery of the live queue are separate steps each cycle, so no
+    replay problem keeps the queue from MySQL.
+
+Every row is counted exactly once as it ends (``on_event``)
+    ``written`` (now in MySQL, replays included), ``dead_lettered`` (refused, kept with its reason) or
+    ``dropped`` (could not be kept at all: queue full, spool full, disk failing, dead-letter unwritable).
+    ``spooled`` counts rows on their way through the disk; they end later as one of the three. On a
+    failed append (full disk, file-size limit), the whole lines that reached the file count as spooled,
+    the torn tail is cut off (``ftruncate``) and the rest count as dropped, so no row is counted dropped
+    and then written. A replay interrupted by an outage resumes after the lines it finished, so a row is
+    not counted written twice by one process.
+
+The spool is bounded (``spool_max_bytes``)
+    The policy is "keep the oldest": once the spool directory holds ``spool_max_bytes``, new rows that
+    would go to disk are dropped and counted (``dropped`` and ``failure.spool_full``); rows already on
+    disk are never evicted, and serving never waits or fails. The size is measured at most once a second
+    and grown by every append, so several workers sharing one directory overshoot by at most about a
+    second of their appends.
+
 The bounded risk
     Rows still in memory when the process is killed hard (SIGKILL, OOM, power loss) are lost: at
     most the rows submitted during the last ``flush_interval_s`` plus one batch being written (or,
-    while MySQL stalls, up to ``connect_timeout_s`` more). A half-written last line of a spool file
-    (killed mid-append) is skipped on replay and counted as dropped. A clean shutdown
-    (:meth:`~ProvenanceWriter.close`) loses nothing: it writes or spools everything.
+    while MySQL stalls, up to ``connect_timeout_s`` more). A clean shutdown
+    (:meth:`~ProvenanceWriter.close`) loses nothing: it writes or spools everything. A process killed
+    mid-replay leaves its file to the next writer, which stores each row once but counts the rows the
+    dead one had already counted a second time.
 
 Memory is bounded too: past ``spill_rows`` queued rows, the thread spills the queue to the spool
 rather than waiting for MySQL; past ``max_queue`` (the thread is dead or wedged) ``submit`` drops
-and counts the row rather than grow without end. ``on_event(outcome, n)`` reports ``written`` (rows
-now in MySQL, replays included), ``spooled`` (rows that went to disk) and ``dropped``, so the
-server can export them to Prometheus. Create the writer in the process that uses it (in a Gunicorn
-worker, after the fork): threads do not survive ``fork``.
+and counts the row rather than grow without end.
+
+``on_event(name, value)`` reports, for Prometheus (:mod:`app.metrics`): the row outcomes above
+(``ROW_OUTCOMES``, value = rows), ``failure.<kind>`` for every failure path (``FAILURE_KINDS``, value
+= occurrences) and the gauges ``GAUGES`` (value = the current level). Create the writer in the
+process that uses it (in a Gunicorn worker, after the fork): threads do not survive ``fork``.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -53,22 +84,37 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import pymysql
-
+from app import store
+from app.files import fsync_dir
 from app.logs import kv
 from app.settings import MySQL
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("row_id", "request_id", "served_at_ms", "user_id", "version_number", "slot", "host", "latency_ms", "movies")
-INSERT_SQL = f"INSERT IGNORE INTO reccom ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+COLUMNS = store.RECCOM_COLUMNS
 SPOOL_SUFFIX = ".jsonl"
+MAX_LINE = 1 << 20  # a real row is < 70 KB (movies is a TEXT); a longer line is dead-lettered unread
+MAX_RAW_KEPT = 64 << 10  # bytes of an unreadable line kept in its dead-letter entry
+MEASURE_EVERY_S = 1.0
 
-EventHook = Callable[[str, int], None]
+ROW_OUTCOMES = ("written", "spooled", "dead_lettered", "dropped")
+FAILURE_KINDS = (
+    "mysql",  # a batch or a connection failed: rows go to the spool
+    "queue_full",  # submit found max_queue rows waiting (thread dead or wedged): row dropped
+    "spool_full",  # spool_max_bytes reached: rows dropped
+    "spool_write",  # append to the spool failed (disk full, I/O error, file-size limit): rows dropped
+    "spool_list",  # the spool directory could not be listed or measured: replay skipped
+    "spool_file",  # a spool file could not be opened or read: moved to the dead-letter directory
+    "dead_letter_write",  # the dead-letter directory could not take an entry: its rows dropped
+    "writer",  # an unexpected exception in a writer step (a bug): logged, the thread goes on
+)
+GAUGES = ("queue_rows", "spool_bytes", "spool_limit_bytes", "spool_oldest_age_seconds", "heartbeat_seconds")
+
+EventHook = Callable[[str, float], None]
 
 
 class _Outage(Exception):
@@ -78,15 +124,17 @@ class _Outage(Exception):
 class _SpoolFile:
     """This writer's own spool file: open for append and flock'ed for as long as it exists."""
 
-    def __init__(self, path: Path, fh: IO[bytes]) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self.fh = fh
+        self.fd = fd
         self.rows = 0
 
 
-def normalise(row: dict[str, Any]) -> dict[str, Any] | None:
-    """The row with the types of `reccom`, or None when it cannot be stored (missing key, bad value)."""
+def _normalise(row: Any) -> tuple[dict[str, Any] | None, str]:
+    """(row with the types of `reccom`, "") or (None, why it cannot be stored); never raises."""
     try:
+        if not isinstance(row, dict):
+            return None, f"not a JSON object: {type(row).__name__}"
         movies = row["movies"]
         if not isinstance(movies, str):
             movies = ",".join(str(m) for m in movies)
@@ -95,19 +143,42 @@ def normalise(row: dict[str, Any]) -> dict[str, Any] | None:
             # a spool written before rows had their own id used the request id as the key
             "row_id": str(row.get("row_id") or row["request_id"]),
             "request_id": str(row["request_id"]),
-            "served_at_ms": int(row["served_at_ms"]),
-            "user_id": int(row["user_id"]),
-            "version_number": int(row["version_number"]),
+            "served_at_ms": _whole(row["served_at_ms"]),
+            "user_id": _whole(row["user_id"]),
+            "version_number": _whole(row["version_number"]),
             "slot": str(row["slot"]),
             "host": str(row.get("host") or socket.gethostname()),
             "latency_ms": None if latency is None else float(latency),
             "movies": movies,
         }
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not 0 < len(out["request_id"]) <= 64 or not 0 < len(out["row_id"]) <= 64 or out["version_number"] < 0:
-        return None
-    return out
+    except KeyError as exc:
+        return None, f"missing field {exc}"
+    except Exception as exc:  # OverflowError (1e400), RecursionError, MemoryError...: a bad row, never a crash
+        return None, f"invalid value: {type(exc).__name__}: {str(exc)[:200]}"
+    problem = store.reccom_problem(out)
+    if problem:
+        return None, problem
+    return out, ""
+
+
+def _whole(value: Any) -> int:
+    """An integer column: ints and integral numbers only (``int(1.9)`` would silently store 1)."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():  # inf and nan are not integers either
+            raise ValueError(f"{value!r} is not a whole number")
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
+        return int(value)
+    raise TypeError(f"{value!r} is not a whole number")
+
+
+def normalise(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The row with the types of `reccom`, or None when it cannot be stored (missing key, bad value)."""
+    return _normalise(row)[0]
 
 
 class ProvenanceWriter:
@@ -129,6 +200,8 @@ class ProvenanceWriter:
         self.flush_s = max(0.01, settings.flush_interval_s)
         self.timeout_s = max(0.1, settings.connect_timeout_s)
         self.spool_dir = Path(settings.spool_dir)
+        self.dead_dir = Path(settings.dead_letter_dir or f"{self.spool_dir}.dead-letter")
+        self.spool_max_bytes = max(0, settings.spool_max_bytes)
         self.spill_rows = spill_rows or max(10 * self.batch_size, 10_000)
         self.max_queue = max_queue or max(10 * self.spill_rows, 100_000)
         self.base_backoff_s = min(1.0, max(0.05, self.flush_s))
@@ -138,38 +211,48 @@ class ProvenanceWriter:
         self._queue: deque[dict[str, Any]] = deque()
         self._submit_lock = threading.Lock()
         self._spool_lock = threading.RLock()
+        self._dead_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._deadline = float("inf")
 
-        self._conn: pymysql.connections.Connection | None = None
+        self._conn: store.Connection | None = None
         self._own: _SpoolFile | None = None
+        self._dead_fd: int | None = None
+        self._dead_bytes = 0
         self._down_since: float | None = None
         self._down_error = ""
         self._backoff = self.base_backoff_s
         self._retry_at = 0.0
         self._next_scan = 0.0
         self._outage_rows = 0
+        self._spool_bytes = 0  # the spool directory's size: measured, then grown by our own appends
+        self._next_measure = 0.0
+        self._list_error = ""  # the last listing failure, noted in the dead letters once until it clears
+        self._progress: dict[tuple[int, int], int] = {}  # (dev, inode) -> lines of that file already done
+        self._unmovable: set[Path] = set()  # bad spool files that could not be moved aside: skipped
 
     # ------------------------------------------------------------------------------ caller side
     def start(self) -> ProvenanceWriter:
         """Start the background thread; it first replays any spool left in `spool_dir`."""
         if not self.settings.enabled or self._thread is not None:
             return self
+        self._emit("spool_limit_bytes", self.spool_max_bytes)
         self._thread = threading.Thread(target=self._run, name="provenance-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)  # an orderly interpreter exit drains like close() would
         return self
 
     def submit(self, row: dict[str, Any]) -> None:
-        """Queue one row for MySQL. Never blocks on I/O; never raises for a bad row (it is counted dropped)."""
+        """Queue one row for MySQL. Never blocks on I/O; never raises (a row it cannot keep is counted)."""
         if not self.settings.enabled:
             return
         with self._submit_lock:
             if not self._closed:
                 if len(self._queue) >= self.max_queue:
+                    self._failure("queue_full")
                     self._emit("dropped", 1)
                     return
                 self._queue.append(row)
@@ -177,9 +260,9 @@ class ProvenanceWriter:
                     self._wake.set()
                 return
         # After close() (process shutting down): keep the row on disk, unlocked, for the next writer to replay.
-        good = normalise(row)
+        good, why = _normalise(row)
         if good is None:
-            self._emit("dropped", 1)
+            self._dead_letter([_entry(why, "queue", row=row)])
             return
         with self._spool_lock:
             self._spool([good])
@@ -207,6 +290,11 @@ class ProvenanceWriter:
                       extra=kv(timeout_s=timeout))
         with self._spool_lock:
             self._release_own()
+        with self._dead_lock:
+            fd, self._dead_fd = self._dead_fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def __enter__(self) -> ProvenanceWriter:
         return self.start()
@@ -243,22 +331,27 @@ class ProvenanceWriter:
     def _safe(self, step: Callable[[], None]) -> None:
         try:
             step()
-        except Exception:  # the writer thread must survive anything: rows keep flowing to the spool
+        except Exception:  # the writer thread must survive anything: rows keep flowing to MySQL or the spool
             log.exception("provenance writer step failed")
+            self._failure("writer")
             time.sleep(min(1.0, self.flush_s))
 
     def _cycle(self) -> None:
         now = time.monotonic()
+        self._emit("heartbeat_seconds", time.time())
+        self._emit("queue_rows", len(self._queue))
+        if now >= self._next_measure:
+            self._safe(self._measure)
         due = self._down_since is not None or self._own is not None or now >= self._next_scan
         # Closing: one more attempt whatever the backoff says, so a clean shutdown leaves no spool behind.
         if due and (self._down_since is None or now >= self._retry_at or self._stop.is_set()):
-            self._recover()
+            self._safe(self._recover)  # whatever replay meets, the live queue below is still written
         while self._queue:
             batch = self._take(self.batch_size)
             if batch:
                 self._deliver(batch)
         if self._stop.is_set() and self._own is not None and self._down_since is None:
-            self._recover()  # closing with rows just spilled to disk while MySQL is fine: write them now
+            self._safe(self._recover)  # closing with rows just spilled to disk while MySQL is fine: write them now
 
     def _hurry(self) -> bool:
         """Shutting down with too little time left for one more MySQL round trip."""
@@ -266,95 +359,78 @@ class ProvenanceWriter:
 
     def _take(self, n: int) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
-        bad = 0
+        bad: list[dict[str, Any]] = []
         for _ in range(n):
             try:
                 row = self._queue.popleft()
             except IndexError:
                 break
-            good = normalise(row)
+            good, why = _normalise(row)
             if good is None:
-                bad += 1
+                bad.append(_entry(why, "queue", row=row))
             else:
                 batch.append(good)
         if bad:
-            log.warning("provenance rows dropped: missing or invalid fields", extra=kv(rows=bad))
-            self._emit("dropped", bad)
+            log.warning("provenance rows refused: missing or invalid fields", extra=kv(rows=len(bad)))
+            self._dead_letter(bad)
         return batch
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        """Write a batch, or spool it; every row ends counted, whatever happens (this never raises)."""
         overfull = len(self._queue) > self.spill_rows
         if self._down_since is not None or self._own is not None or overfull or self._hurry():
             self._spool(batch)
             return
         try:
-            self._insert(batch)
+            self._write(batch, "queue")
         except _Outage as exc:
             self._enter_outage(exc)
             self._spool(batch)
-            return
-        self._emit("written", len(batch))
+
+    def _write(self, batch: list[dict[str, Any]], source: str, lines: list[int] | None = None) -> int:
+        """Insert a batch and count every row: written, or dead-lettered with the reason. Raises only _Outage."""
+        try:
+            refused = self._insert(batch)
+        except _Outage:
+            raise
+        except Exception as exc:  # a bug, not an outage: keep the rows with the reason rather than retry forever
+            log.exception("provenance batch failed unexpectedly")
+            self._failure("writer")
+            refused = [(i, f"insert failed: {_short(exc)}") for i in range(len(batch))]
+        if refused:
+            log.warning("provenance rows refused by MySQL", extra=kv(rows=len(refused), reason=refused[0][1]))
+            self._dead_letter([_entry(why, source, line=lines[i] if lines else None, row=batch[i])
+                               for i, why in refused])
+        self._emit("written", len(batch) - len(refused))
+        return len(batch) - len(refused)
 
     # -------------------------------------------------------------------------------- MySQL
-    def _connection(self) -> pymysql.connections.Connection:
+    def _connection(self) -> store.Connection:
         if self._conn is None:
             try:
-                self._conn = pymysql.connect(
-                    host=self.settings.host,
-                    port=self.settings.port,
-                    user=self.settings.app_user,
-                    password=self.settings.app_password,
-                    database=self.settings.database,
-                    connect_timeout=self.timeout_s,
-                    read_timeout=self.timeout_s,
-                    write_timeout=self.timeout_s,
-                    autocommit=True,
-                    charset="utf8mb4",
-                )
-            except (pymysql.err.MySQLError, OSError) as exc:
-                raise _Outage(_describe(exc)) from exc
+                self._conn = store.connect(self.settings, "app", timeout_s=self.timeout_s)
+            except store.DatabaseUnreachable as exc:
+                self._failure("mysql")
+                raise _Outage(str(exc)) from exc
         return self._conn
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        store.close(conn)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        """One multi-row INSERT IGNORE; a stale connection gets one fresh retry (replays are harmless)."""
-        params = [tuple(r[c] for c in COLUMNS) for r in rows]
+    def _insert(self, rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+        """One batch through the store; returns the refused (index, reason). Raises _Outage to keep the rows."""
         for attempt in range(2):
             fresh = self._conn is None
             conn = self._connection()
             try:
-                with conn.cursor() as cur:
-                    cur.executemany(INSERT_SQL, params)
-                return
-            except pymysql.err.DataError:
-                try:
-                    self._insert_one_by_one(conn, params)
-                except (pymysql.err.MySQLError, OSError) as exc:  # lost mid-way: spool the batch, never drop it
-                    self._drop_connection()
-                    raise _Outage(_describe(exc)) from exc
-                return
-            except (pymysql.err.MySQLError, OSError) as exc:
+                return store.insert_reccom(conn, rows)
+            except store.DatabaseError as exc:  # lost, even mid-way: spool the batch, never drop it
                 self._drop_connection()
+                self._failure("mysql")
                 if fresh or attempt == 1:
-                    raise _Outage(_describe(exc)) from exc
-
-    def _insert_one_by_one(self, conn: pymysql.connections.Connection, params: list[tuple]) -> None:
-        """A batch MySQL calls malformed: store every row it accepts, drop (and count) only the bad ones."""
-        bad = 0
-        with conn.cursor() as cur:
-            for p in params:
-                try:
-                    cur.execute(INSERT_SQL, p)
-                except pymysql.err.DataError:
-                    bad += 1
-        if bad:
-            log.warning("provenance rows refused by MySQL as malformed", extra=kv(rows=bad))
-            self._emit("dropped", bad)
+                    raise _Outage(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     def _enter_outage(self, exc: _Outage) -> None:
         now = time.monotonic()
@@ -370,7 +446,7 @@ class ProvenanceWriter:
         self._retry_at = now + self._backoff * random.uniform(0.8, 1.2)
 
     def _recover(self) -> None:
-        """Connect and replay every claimable spool file, oldest first; on failure, back off."""
+        """Connect and replay every claimable spool file, oldest first; on an outage, back off."""
         now = time.monotonic()
         files = self._spool_files()
         self._next_scan = now + self.scan_interval_s
@@ -395,108 +471,395 @@ class ProvenanceWriter:
 
     # -------------------------------------------------------------------------------- spool
     def _spool_files(self) -> list[Path]:
+        """Spool files oldest first; our own file even when the directory cannot be listed."""
         try:
             names = sorted(p for p in os.listdir(self.spool_dir) if p.endswith(SPOOL_SUFFIX) and p[0] != ".")
         except FileNotFoundError:
-            return []
-        return [self.spool_dir / n for n in names]
+            names = []
+        except OSError as exc:
+            self._listing_failed(exc)
+            own = self._own
+            return [own.path] if own is not None else []
+        if self._list_error:
+            log.info("provenance: spool directory readable again", extra=kv(spool_dir=self.spool_dir))
+            self._list_error = ""
+        return [self.spool_dir / n for n in names if self.spool_dir / n not in self._unmovable]
+
+    def _listing_failed(self, exc: OSError) -> None:
+        self._failure("spool_list")
+        reason = f"cannot list the spool directory: {_short(exc)}"
+        if reason != self._list_error:  # noted once per distinct failure, not every cycle
+            self._list_error = reason
+            log.error("provenance: spool directory unreadable; its files wait, live rows still go to MySQL",
+                      extra=kv(spool_dir=self.spool_dir, error=exc))
+            self._note(reason, str(self.spool_dir))
+
+    def _measure(self) -> None:
+        """Size and oldest row age of the spool directory, for the cap and the gauges."""
+        self._next_measure = time.monotonic() + MEASURE_EVERY_S
+        total, oldest_ns = 0, None
+        try:
+            with os.scandir(self.spool_dir) as entries:
+                for entry in entries:
+                    if not entry.name.endswith(SPOOL_SUFFIX):
+                        continue
+                    with contextlib.suppress(OSError):
+                        st = entry.stat(follow_symlinks=False)
+                        total += st.st_size
+                        if st.st_size:
+                            born = _born_ns(entry.name.lstrip("."), st)
+                            oldest_ns = born if oldest_ns is None else min(oldest_ns, born)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._listing_failed(exc)
+            return
+        self._spool_bytes = total
+        self._emit("spool_bytes", total)
+        age_s = 0.0 if oldest_ns is None else max(0.0, (time.time_ns() - oldest_ns) / 1e9)
+        self._emit("spool_oldest_age_seconds", age_s)
 
     def _open_own(self) -> _SpoolFile:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SPOOL_SUFFIX}"
         tmp = self.spool_dir / f".{name}.tmp"
-        fh = open(tmp, "ab")  # noqa: SIM115 - held open (and locked) for as long as the file exists
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        path = self.spool_dir / name
-        os.rename(tmp, path)
-        _fsync_dir(self.spool_dir)
-        return _SpoolFile(path, fh)
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = self.spool_dir / name
+            os.rename(tmp, path)
+            fsync_dir(self.spool_dir)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return _SpoolFile(path, fd)
 
     def _spool(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows to this writer's spool file and fsync; only a failing disk drops them."""
+        """Append rows to this writer's spool file and fsync; what cannot be kept is counted dropped."""
         if not rows:
             return
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows)
+        lines = [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows]
         with self._spool_lock:
+            room = self.spool_max_bytes - self._spool_bytes
+            fit, used = 0, 0
+            while fit < len(lines) and used + len(lines[fit]) <= room:
+                used += len(lines[fit])
+                fit += 1
+            if fit < len(lines):
+                log.error("provenance rows dropped: the spool is full",
+                          extra=kv(rows=len(lines) - fit, spool_bytes=self._spool_bytes,
+                                   spool_max_bytes=self.spool_max_bytes, spool_dir=self.spool_dir))
+                self._failure("spool_full")
+                self._emit("dropped", len(lines) - fit)
+            if not fit:
+                return
+            kept, kept_bytes, error = 0, 0, None
             try:
                 if self._own is None:
                     self._own = self._open_own()
-                self._own.fh.write(data)
-                self._own.fh.flush()
-                os.fsync(self._own.fh.fileno())
-                self._own.rows += len(rows)
+                kept, kept_bytes, error = _append_lines(self._own.fd, lines[:fit])
             except OSError as exc:
-                log.error("provenance rows dropped: cannot write the spool",
-                          extra=kv(rows=len(rows), spool_dir=self.spool_dir, error=exc))
-                self._emit("dropped", len(rows))
-                return
-        self._outage_rows += len(rows)
-        self._emit("spooled", len(rows))
+                error = exc
+            except Exception as exc:  # never let a spool problem escape into the writer loop
+                log.exception("provenance spool append failed unexpectedly")
+                error = OSError(errno.EIO, _short(exc))
+            if self._own is not None:
+                self._own.rows += kept
+            self._spool_bytes += kept_bytes
+        if error is not None:
+            log.error("provenance rows dropped: cannot write the spool",
+                      extra=kv(rows=fit - kept, kept=kept, spool_dir=self.spool_dir, error=error))
+            self._failure("spool_write")
+            self._emit("dropped", fit - kept)
+        self._outage_rows += kept
+        self._emit("spooled", kept)
 
     def _release_own(self) -> None:
         """Close (and unlock) this writer's file; rows still in it stay on disk for the next writer."""
         own, self._own = self._own, None
         if own is not None:
             with contextlib.suppress(OSError):
-                own.fh.close()
+                os.close(own.fd)
 
     def _replay(self, path: Path) -> int:
-        """Write one spool file to MySQL and delete it; returns rows written. Raises _Outage to keep it."""
+        """Write one spool file to MySQL and delete it; returns rows written. Raises _Outage to keep it.
+
+        A file that cannot be opened or read is moved to the dead letters, so it never blocks the rest.
+        """
         with self._spool_lock:
-            if self._own is not None and self._own.path == path:
-                with open(path, "rb") as fh:
-                    n = self._replay_lines(path, fh)
-                path.unlink()
-                _fsync_dir(self.spool_dir)
+            own = self._own
+            if own is not None and own.path == path:
+                try:
+                    with open(path, "rb") as fh:
+                        n = self._replay_lines(path, fh)
+                        self._delete(path, fh)
+                except _Outage:
+                    raise
+                except Exception as exc:
+                    self._release_own()
+                    self._quarantine(path, exc)
+                    return 0
                 self._release_own()
                 return n
-        fh = _claim(path)
+        try:
+            fh = _claim(path)
+        except OSError as exc:  # exists, but cannot be opened (a directory, no permission, I/O error)
+            self._quarantine(path, exc)
+            return 0
         if fh is None:
             return 0
         try:
             n = self._replay_lines(path, fh)
-            path.unlink()
-            _fsync_dir(self.spool_dir)
+            self._delete(path, fh)
             return n
+        except _Outage:
+            raise
+        except Exception as exc:
+            self._quarantine(path, exc)
+            return 0
         finally:
             fh.close()
 
+    def _delete(self, path: Path, fh: IO[bytes]) -> None:
+        """Remove a replayed file and take its size off the spool's (until the next measure)."""
+        size = os.fstat(fh.fileno()).st_size
+        path.unlink()
+        fsync_dir(self.spool_dir)
+        self._spool_bytes = max(0, self._spool_bytes - size)
+
     def _replay_lines(self, path: Path, fh: IO[bytes]) -> int:
+        """Insert a file's rows batch by batch, dead-lettering every bad line; resumes after lines done."""
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino)
+        done = self._progress.get(key, 0)
         written = bad = 0
         batch: list[dict[str, Any]] = []
-        for line in _lines(fh):
-            try:
-                row = normalise(json.loads(line))
-            except ValueError:
-                row = None
-            if row is None:
-                bad += 1
-                continue
-            batch.append(row)
-            if len(batch) >= self.batch_size:
+        numbers: list[int] = []
+        dead: list[dict[str, Any]] = []
+        last = done
+
+        def flush(upto: int) -> None:
+            nonlocal written, batch, numbers, dead
+            if batch:
                 if self._hurry():
                     raise _Outage("shutting down: replay left for the next start")
-                self._insert(batch)
-                written += len(batch)
-                self._emit("written", len(batch))
-                batch = []
-        if batch:
-            self._insert(batch)
-            written += len(batch)
-            self._emit("written", len(batch))
+                written += self._write(batch, path.name, numbers)
+            if dead:
+                self._dead_letter(dead)
+            self._progress[key] = upto
+            batch, numbers, dead = [], [], []
+
+        for number, line, problem in _read_lines(fh):
+            last = number
+            if number <= done:
+                continue
+            row, why = (None, problem) if problem else _parse(line)
+            if row is None:
+                bad += 1
+                dead.append(_entry(why, path.name, line=number, raw=line))
+            else:
+                batch.append(row)
+                numbers.append(number)
+            if len(batch) >= self.batch_size or len(dead) >= self.batch_size:
+                flush(number)
+        flush(last)
+        self._progress.pop(key, None)
         if bad:
-            log.warning("provenance spool lines skipped (torn or invalid)", extra=kv(file=path.name, lines=bad))
-            self._emit("dropped", bad)
+            log.warning("provenance spool lines dead-lettered (torn or invalid)",
+                        extra=kv(file=path.name, lines=bad, dead_letter_dir=self.dead_dir))
         log.info("provenance spool replayed", extra=kv(file=path.name, rows=written))
         return written
 
-    def _emit(self, outcome: str, n: int) -> None:
-        if self.on_event is None or n <= 0:
+    def _quarantine(self, path: Path, exc: BaseException) -> None:
+        """Move a spool file that cannot be read to the dead letters, with the reason; never retry it."""
+        self._failure("spool_file")
+        reason = f"spool file unreadable: {_short(exc)}"
+        target = self.dead_dir / f"{path.name}.{uuid.uuid4().hex[:8]}.unreadable"
+        try:
+            self.dead_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(path, target)
+        except OSError as move_error:
+            self._unmovable.add(path)
+            target = None
+            reason += f"; left in place (cannot move it: {_short(move_error)})"
+        log.error("provenance spool file set aside", extra=kv(file=path.name, reason=reason, moved_to=target))
+        self._note(reason, path.name, moved_to=str(target) if target else None)
+
+    # -------------------------------------------------------------------------------- dead letters
+    def _dead_letter(self, entries: list[dict[str, Any]]) -> None:
+        """Keep refused rows with their reason; what the directory cannot take is counted dropped."""
+        if not entries:
+            return
+        kept = self._append_dead(entries)
+        if kept < len(entries):
+            self._emit("dropped", len(entries) - kept)
+        self._emit("dead_lettered", kept)
+
+    def _note(self, reason: str, source: str, **extra: Any) -> None:
+        """A dead-letter entry about a file or the directory (no row): counted as a failure, not a row."""
+        self._append_dead([{**_entry(reason, source), **extra}])
+
+    def _append_dead(self, entries: list[dict[str, Any]]) -> int:
+        lines = []
+        for e in entries:
+            try:
+                lines.append(json.dumps(e, separators=(",", ":"), default=_json_default).encode() + b"\n")
+            except Exception:  # a row too deep or odd to encode: keep its reason and repr
+                lines.append(json.dumps({k: v for k, v in e.items() if k != "row"} | {"repr": _repr(e.get("row"))},
+                                        separators=(",", ":"), default=str).encode() + b"\n")
+        with self._dead_lock:
+            error: OSError | None = None
+            kept = 0
+            try:
+                if self._dead_fd is None:
+                    self.dead_dir.mkdir(parents=True, exist_ok=True)
+                    self._dead_bytes = sum(p.stat().st_size for p in self.dead_dir.glob("*.jsonl"))
+                    name = f"{time.time_ns():020d}-{socket.gethostname()}-{os.getpid()}.jsonl"
+                    self._dead_fd = os.open(self.dead_dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                            | os.O_CLOEXEC, 0o640)
+                # bounded like the spool (a spool of garbage must not fill the disk twice over)
+                room = self.spool_max_bytes - self._dead_bytes
+                fit, used = 0, 0
+                while fit < len(lines) and used + len(lines[fit]) <= room:
+                    used += len(lines[fit])
+                    fit += 1
+                kept, kept_bytes, error = _append_lines(self._dead_fd, lines[:fit]) if fit else (0, 0, None)
+                self._dead_bytes += kept_bytes
+                if error is None and fit < len(lines):
+                    error = OSError(errno.ENOSPC, f"dead-letter directory holds its cap of {self.spool_max_bytes} B")
+            except OSError as exc:
+                error = exc
+        if error is not None:
+            log.error("provenance dead letters lost: cannot write the dead-letter directory",
+                      extra=kv(entries=len(entries) - kept, dead_letter_dir=self.dead_dir, error=error))
+            self._failure("dead_letter_write")
+        return kept
+
+    # -------------------------------------------------------------------------------- events
+    def _failure(self, kind: str) -> None:
+        self._emit(f"failure.{kind}", 1)
+
+    def _emit(self, name: str, value: float) -> None:
+        if self.on_event is None or (value <= 0 and name in ROW_OUTCOMES):
             return
         try:
-            self.on_event(outcome, n)
+            self.on_event(name, value)
         except Exception:
             log.exception("provenance on_event callback failed")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """A spool line as a row, or (None, why); never raises, whatever the bytes."""
+    try:
+        value = json.loads(line)
+    except RecursionError:
+        return None, "not JSON: nested too deep"
+    except Exception as exc:
+        return None, f"not JSON: {type(exc).__name__}: {str(exc)[:200]}"
+    return _normalise(value)
+
+
+def _read_lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes, str]]:
+    """(number, line, problem) of every non-empty line; a line over MAX_LINE is cut and named a problem."""
+    number = 0
+    while True:
+        chunk = fh.readline(MAX_LINE + 1)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) > MAX_LINE and not chunk.endswith(b"\n"):
+            size = len(chunk)
+            while True:  # skip the rest of the long line without holding it
+                more = fh.readline(MAX_LINE)
+                size += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield number, chunk[:MAX_RAW_KEPT], f"line of {size} bytes is longer than {MAX_LINE}"
+            continue
+        line = chunk.strip()
+        if line:
+            yield number, line, ""
+
+
+def _append_lines(fd: int, lines: list[bytes]) -> tuple[int, int, OSError | None]:
+    """Append whole lines and fsync; returns (lines kept, bytes kept, error).
+
+    On a failed write (disk full, file-size limit) the whole lines that reached the file are kept and the
+    torn tail is cut off, so each line is either in the file or reported not kept, never half. A failed
+    fsync keeps nothing (the kernel may have dropped the pages): the file is cut back to where it was.
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    data = memoryview(b"".join(lines))
+    done = 0
+    try:
+        while done < len(data):
+            n = os.write(fd, data[done:])
+            if n <= 0:
+                raise OSError(errno.EIO, "short write")
+            done += n
+    except OSError as exc:
+        kept = size = 0
+        for line in lines:
+            if size + len(line) > done:
+                break
+            size += len(line)
+            kept += 1
+        try:
+            os.ftruncate(fd, start + size)
+            os.fsync(fd)
+        except OSError:
+            pass  # the torn line stays; it is dead-lettered on replay
+        return kept, size, exc
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        return 0, 0, exc
+    return len(lines), done, None
+
+
+def _entry(reason: str, source: str, *, line: int | None = None, row: Any = None, raw: bytes | None = None
+           ) -> dict[str, Any]:
+    """One dead-letter line: when, why, where from, and what was refused."""
+    entry: dict[str, Any] = {"at_ms": time.time_ns() // 1_000_000, "reason": reason, "source": source,
+                             "host": socket.gethostname(), "pid": os.getpid()}
+    if line is not None:
+        entry["line"] = line
+    if row is not None:
+        entry["row"] = row
+    if raw is not None:
+        entry["raw"] = raw[:MAX_RAW_KEPT].decode("utf-8", errors="backslashreplace")
+        entry["raw_bytes"] = len(raw)
+    return entry
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return repr(value)[:1000]
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)[:MAX_RAW_KEPT]
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _born_ns(name: str, st: os.stat_result) -> int:
+    """Creation time of a spool file: the time_ns its name starts with, else its mtime."""
+    head = name.split("-", 1)[0]
+    if head.isdigit() and len(head) >= 18:
+        return int(head)
+    return st.st_mtime_ns
 
 
 def _claim(path: Path) -> IO[bytes] | None:
@@ -512,25 +875,7 @@ def _claim(path: Path) -> IO[bytes] | None:
     except (BlockingIOError, FileNotFoundError):
         fh.close()
         return None
+    except BaseException:
+        fh.close()
+        raise
     return fh
-
-
-def _lines(fh: IO[bytes]) -> Iterable[bytes]:
-    for line in fh:
-        line = line.strip()
-        if line:
-            yield line
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) > 1:
-        return f"{exc.args[0]} {exc.args[1]}"
-    return f"{type(exc).__name__}: {exc}"

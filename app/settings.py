@@ -12,9 +12,10 @@ other way round), so there is exactly one place where names and defaults live.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from app.contracts.topology import Topology, topology
 
@@ -52,9 +53,12 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _doc(default_env: str, help_text: str):
-    """A dataclass field remembering its environment variable and meaning for the docs table."""
-    return field(metadata={"env": default_env, "help": help_text})
+def _doc(default_env: str, help_text: str, default: Any = MISSING):
+    """A dataclass field remembering its environment variable and meaning for the docs table.
+
+    `default` only for fields added after callers construct the section by hand (they keep working).
+    """
+    return field(default=default, metadata={"env": default_env, "help": help_text})
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class Serving:
         return self.topology.role_of(self.slot)
 
 
+SPOOL_MAX_BYTES = 6 * 1024**3  # see MySQL.spool_max_bytes
+
+
 @dataclass(frozen=True)
 class MySQL:
     host: str = _doc("MYSQL_HOST", "MySQL/MariaDB host")
@@ -140,6 +147,13 @@ class MySQL:
     flush_interval_s: float = _doc("MOVIEREC_PROVENANCE_FLUSH_S", "longest wait of a row before its batch is written")
     connect_timeout_s: float = _doc("MOVIEREC_MYSQL_TIMEOUT_S", "connect/read/write timeout towards MySQL")
     spool_dir: str = _doc("MOVIEREC_SPOOL_DIR", "on-disk spool while MySQL is unreachable")
+    # A day's outage at 200 req/s, all of it on one slot: 200 x 86,400 = 17.28 M rows x ~320 B a spooled
+    # line (two 32-hex ids, 20 movie ids, keys) = 5.5 GB; 6 GiB holds ~20 M rows, ~28 h. Past it rows are
+    # dropped and counted (provenance_rows_total{outcome="dropped"}), serving goes on.
+    spool_max_bytes: int = _doc("MOVIEREC_SPOOL_MAX_BYTES", "cap of the spool directory; newer rows past it "
+                                "are dropped and counted (default 6 GiB: a day at 200 req/s)", SPOOL_MAX_BYTES)
+    dead_letter_dir: str = _doc("MOVIEREC_DEAD_LETTER_DIR", "refused rows and unreadable spool lines/files, with "
+                                "the reason (default <spool_dir>.dead-letter)", "")
 
     @classmethod
     def from_env(cls) -> MySQL:
@@ -153,13 +167,15 @@ class MySQL:
             app_password=_env("MYSQL_APP_PASSWORD", "local-app"),
             auditor_user=_env("MYSQL_AUDITOR_USER", "movierec_auditor"),
             auditor_password=_env("MYSQL_AUDITOR_PASSWORD", "local-auditor"),
-            admin_user=_env("MYSQL_ADMIN_USER", "root"),
-            admin_password=_env("MYSQL_ADMIN_PASSWORD", ""),
+            admin_user=_env("MYSQL_ADMIN_USER", "movierec_admin"),
+            admin_password=_env("MYSQL_ADMIN_PASSWORD", "local-admin"),
             enabled=_env_bool("MOVIEREC_PROVENANCE", True),
             batch_size=_env_int("MOVIEREC_PROVENANCE_BATCH", 200),
             flush_interval_s=_env_float("MOVIEREC_PROVENANCE_FLUSH_S", 0.5),
             connect_timeout_s=_env_float("MOVIEREC_MYSQL_TIMEOUT_S", 2.0),
             spool_dir=_env("MOVIEREC_SPOOL_DIR", str(paths.run_dir / "spool" / slot)),
+            spool_max_bytes=_env_int("MOVIEREC_SPOOL_MAX_BYTES", SPOOL_MAX_BYTES),
+            dead_letter_dir=_env("MOVIEREC_DEAD_LETTER_DIR", ""),
         )
 
 

@@ -16,24 +16,32 @@ from pathlib import Path
 
 import pytest
 
-from app.provenance import ProvenanceWriter
+from app import store
+from app.provenance import GAUGES, ROW_OUTCOMES, ProvenanceWriter
 from app.settings import ROOT, MySQL
-from auto_deployment import schema
 from tests.fixtures.mariadb import MariaDB, free_port, settings_env
 
 pytestmark = pytest.mark.services
 
 
 class Events:
-    """Thread-safe tally of the writer's on_event calls."""
+    """Thread-safe tally of the writer's on_event calls: row outcomes, failures by kind, last gauge values."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.gauges: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, outcome: str, n: int) -> None:
+    def __call__(self, name: str, value: float) -> None:
         with self._lock:
-            self.counts[outcome] += n
+            if name in ROW_OUTCOMES:
+                self.counts[name] += int(value)
+            elif name.startswith("failure."):
+                self.failures[name.removeprefix("failure.")] += int(value)
+            else:
+                assert name in GAUGES, name
+                self.gauges[name] = value
 
 
 def make_row(tag: str, seq: int, user_id: int = 1, version: int = 1) -> dict:
@@ -51,7 +59,7 @@ def make_row(tag: str, seq: int, user_id: int = 1, version: int = 1) -> dict:
 
 def stored(settings: MySQL) -> list[tuple[str, str]]:
     """(request_id, host) of every reccom row in insertion order (admin account)."""
-    conn = schema.connect(settings, "admin")
+    conn = store.connect(settings, "admin")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT request_id, host FROM reccom ORDER BY id")
@@ -95,7 +103,7 @@ def test_rows_reach_mysql_within_the_flush_interval_without_closing(mysql_settin
         writer.close()
 
 
-def test_rows_missing_fields_are_dropped_and_counted_not_written(mysql_settings: MySQL) -> None:
+def test_rows_missing_fields_are_dead_lettered_and_counted_not_written(mysql_settings: MySQL) -> None:
     events = Events()
     good = [make_row("g", i) for i in range(3)]
     broken = {k: v for k, v in make_row("b", 9).items() if k != "user_id"}
@@ -105,7 +113,7 @@ def test_rows_missing_fields_are_dropped_and_counted_not_written(mysql_settings:
         writer.submit({**good[1], "movies": ["x", "y"]})  # a list is joined, not refused
         writer.submit(good[2])
     assert [r for r, _ in stored(mysql_settings)] == [g["request_id"] for g in good]
-    assert events.counts == Counter(written=3, dropped=1)
+    assert events.counts == Counter(written=3, dead_lettered=1)
 
 
 def test_writer_survives_mariadb_stopped_and_restarted_mid_stream(mariadb: MariaDB, mysql_settings: MySQL) -> None:
@@ -289,7 +297,7 @@ def test_a_new_writer_replays_spool_left_by_a_dead_process_but_not_a_live_ones(m
                 writer.submit(row)
         got = [r for r, _ in stored(mysql_settings)]
         assert got == [f"dead{i:06d}" for i in range(300)] + [r["request_id"] for r in fresh]
-        assert events.counts["dropped"] == 1  # the torn line
+        assert events.counts["dead_lettered"] == 1 and events.counts["dropped"] == 0  # the torn line
         assert [p for p in spool_files(mysql_settings) if f"-{live.pid}-" in p.name]  # still the live one's
     finally:
         live.communicate("", timeout=10)

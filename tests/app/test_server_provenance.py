@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from auto_deployment.schema import connect
+from app.store import connect
 from tests.fixtures.server import Load
 
 pytestmark = pytest.mark.services
@@ -172,3 +172,38 @@ def test_server_restart_replays_the_spool_left_by_the_previous_one(
         time.sleep(0.1)
     assert not list(spool.glob("*.jsonl")), "a replayed spool file is deleted"
     assert second.get("/ready").status_code == 200
+
+
+def metric_lines(server, name: str) -> list[str]:
+    return [line for line in server.get("/metrics").text.splitlines() if line.startswith(name + "{")]
+
+
+def test_a_poison_spool_line_is_dead_lettered_and_counted_while_the_server_keeps_writing(
+    start_server, models_root, mysql_settings, mysql_env
+):
+    # issue 12, finding 1: one such line made every writer cycle fail, so no answer's row reached MySQL
+    spool = Path(mysql_settings.spool_dir)
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / f"{time.time_ns():020d}-gone-999999-dead.jsonl").write_bytes(
+        b'{"request_id": "x", "served_at_ms": 1e400}\n' + b"[" * 100_000 + b"\n"
+    )
+    s = start_server(models_root=models_root, version=1, workers=2, extra_env=mysql_env)
+    answers = [s.get(f"/recommend/{u}") for u in range(1, 31)]
+    assert all(r.status_code == 200 for r in answers)
+    assert wait_rows(mysql_settings, len(answers)) == len(answers)
+    deadline = time.monotonic() + 10
+    while provenance_counter(s, "dead_lettered") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert provenance_counter(s, "dead_lettered") == 2
+    assert provenance_counter(s, "dropped") == 0
+    assert provenance_counter(s, "written") == len(answers)
+    assert not list(spool.glob("*.jsonl")), "the poisoned file was replayed and deleted"
+    dead = Path(f"{mysql_settings.spool_dir}.dead-letter")
+    reasons = [line for p in dead.glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(reasons) == 2
+    # the gauges and failure counters alerts read are exported from the first scrape
+    for name in ("provenance_queue_rows", "provenance_spool_bytes", "provenance_spool_limit_bytes",
+                 "provenance_spool_oldest_age_seconds", "provenance_writer_heartbeat_timestamp_seconds"):
+        assert metric_lines(s, name), f"{name} not exported"
+    kinds = {line.split('kind="')[1].split('"')[0] for line in metric_lines(s, "provenance_failures_total")}
+    assert {"mysql", "spool_full", "spool_write", "spool_list", "spool_file", "writer"} <= kinds
