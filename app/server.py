@@ -18,6 +18,7 @@ answer is computed. Failure modes are answered, never raised:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -25,12 +26,14 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
+from app.contracts import bundle
 from app.logs import kv, setup_logging
 from app.metrics import NO_VERSION, ServingMetrics, install_exporter
 from app.settings import MySQL, Paths, Serving
@@ -162,6 +165,15 @@ def runtime_of(app: Flask) -> Runtime | None:
     return app.extensions.get(EXTENSION) if isinstance(app, Flask) else None
 
 
+@functools.lru_cache(maxsize=8)
+def _model_checksum(directory: Path, signature: tuple) -> str | None:
+    """The bundle's checksum as loaded (keyed by the files' stat at load), read once, not per /version request."""
+    try:
+        return bundle.checksum(directory)
+    except OSError:
+        return None
+
+
 def _text(body: str, status: int) -> Response:
     return Response(body + "\n" if status != 200 else body, status=status, mimetype="text/plain")
 
@@ -223,7 +235,8 @@ def _routes(app: Flask, rt: Runtime) -> None:
                 "rmse": metrics.get("rmse") if isinstance(metrics, dict) else None,
                 "code_commit": meta.get("code_commit"),
                 "algorithm": meta.get("algorithm"),
-                "bundle": str(loaded.directory),
+                # the `tracking.model_checksum` of the bundle, never its path: /version tells what runs, not where
+                "model_checksum": _model_checksum(loaded.directory, loaded.signature),
             }
         )
 
@@ -283,8 +296,8 @@ def _recommend(rt: Runtime, raw: str) -> Response:
 
     cold = False
     try:
-        movies = loaded.model.recommend(user_id, N_RECOMMENDATIONS)
-        cold = loaded.model.is_cold(user_id)
+        made = loaded.model.explain(user_id, N_RECOMMENDATIONS)  # the list and how it was made, one lookup
+        movies, cold = made.movies, made.cold
     except Exception:
         log.exception(
             "model failed, answering the fallback list",

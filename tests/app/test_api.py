@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import requests
 
+from app.contracts import bundle
 from app.model import Recommender
 from simulator.world import World
 
@@ -285,7 +286,10 @@ def test_model_dir_serves_that_bundle_and_reports_its_version(start_server, mode
     s = start_server(slot="stable_2", model_dir=models_root / "2", version=None, workers=1)
     r = s.get("/recommend/3")
     assert r.status_code == 200 and r.headers["X-Model-Version"] == "2" and r.headers["X-Slot"] == "stable"
-    assert s.get("/version").json()["bundle"] == str(models_root / "2")
+    version = s.get("/version").json()
+    assert version["version"] == "2" and version["model_checksum"] == bundle.checksum(models_root / "2")
+    # versions and checksums, never where the bundle lives on disk (issue 12, finding 4)
+    assert "bundle" not in version and str(models_root) not in s.get("/version").text
 
 
 # ---------------------------------------------------------------------- a model that fails
