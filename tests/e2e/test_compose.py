@@ -28,6 +28,7 @@ import pytest
 import requests
 import yaml
 
+from app.contracts.topology import Topology
 from app.settings import ROOT
 from tests.fixtures.stack import free_ports
 
@@ -36,7 +37,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(2400)]
 
 DOCKER_SH = ROOT / "ops" / "docker.sh"
 COMPOSE_FILE = ROOT / "compose.yml"
-SLOTS = {"stable_1": "inference_stable_1", "stable_2": "inference_stable_2", "canary": "inference_canary"}
+TOPOLOGY = Topology()  # compose.yml is rendered from it: one inference service per slot
+SLOTS = {slot.name: slot.service for slot in TOPOLOGY.slots}
 SECRETS = ("MYSQL_ROOT_PASSWORD", "MYSQL_APP_PASSWORD", "MYSQL_AUDITOR_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 SPLIT_REQUESTS = 1000
 READY_TIMEOUT_S = 300
@@ -44,10 +46,6 @@ TIMINGS_FILE = ROOT / "reports" / "compose-timings.json"
 # Host settings that would send real notices or point the stack elsewhere: never passed to compose.
 _NOT_INHERITED = ("SLACK_WEBHOOK_URL", "SMTP_HOST", "SMTP_USER", "SMTP_PASSWORD", "MAIL_TO", "ALERT_WEBHOOK_URL",
                   "COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "DOCKER_HOST", *SECRETS)
-
-
-def _compose_binary() -> str | None:
-    return shutil.which("docker-compose")
 
 
 def _run(command: list[str], env: dict[str, str], timeout: float, what: str) -> subprocess.CompletedProcess:
@@ -102,10 +100,8 @@ def _stack_env(project: str, ports: dict[str, int]) -> dict[str, str]:
         ALERTMANAGER_PORT=str(ports["alertmanager"]),
         GRAFANA_PORT=str(ports["grafana"]),
         MYSQL_PORT=str(ports["mysql"]),
-        SLOT_PORT_STABLE_1=str(ports["stable_1"]),
-        SLOT_PORT_STABLE_2=str(ports["stable_2"]),
-        SLOT_PORT_CANARY=str(ports["canary"]),
         IMAGE_TAG="e2e",
+        **{f"SLOT_PORT_{slot.upper()}": str(ports[slot]) for slot in SLOTS},
     )
     return env
 
@@ -283,10 +279,10 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
 ):
     """The release path in compose: a bundle in the shared `models` volume, the real ComposeDeployer writing
     the canary pointer on the shared `slots` volume from another container, the canary hot-swapping."""
-    slot_urls = ",".join(f"{slot}=http://{service}:{5001 + i}" for i, (slot, service) in enumerate(SLOTS.items()))
+    slot_urls = ",".join(f"{slot.name}=http://{slot.service}:{slot.port}" for slot in TOPOLOGY.slots)
     deploy = ("python -m auto_deployment train --data-dir /srv/data --out /srv/models/2 --version 2 && "
-              "python -c 'from auto_deployment.release.deploy import build_deployer; "
-              "build_deployer(\"compose\", timeout_s=120).deploy(\"canary\", 2)'")
+              "python -c 'from auto_deployment.release.wiring import build_deployer; "
+              "build_deployer(runtime=\"compose\", timeout_s=120).deploy(\"canary\", 2)'")
     statuses: collections.Counter[int] = collections.Counter()
     stop = threading.Event()
 
@@ -323,20 +319,32 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
 # ---------------------------------------------------------------------- the file itself (no engine needed)
 
 
-@pytest.mark.skipif(_compose_binary() is None, reason="docker-compose is not installed")
-def test_compose_refuses_to_run_without_the_secrets(tmp_path: Path):
+@pytest.fixture(scope="module")
+def compose_binary() -> str:
+    """docker-compose, installed by ``ops/docker.sh deps`` when missing (root; otherwise it fails saying what to
+    install). Looked up after that, never at import: a fresh machine runs these tests instead of skipping them."""
+    found = shutil.which("docker-compose")
+    if found is None:
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        _run(["bash", str(DOCKER_SH), "deps"], env, 900, "installing Docker's Debian packages")
+        found = shutil.which("docker-compose")
+    assert found is not None, "docker-compose is still missing after ops/docker.sh deps"
+    return found
+
+
+def test_compose_refuses_to_run_without_the_secrets(tmp_path: Path, compose_binary: str):
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-    done = subprocess.run([_compose_binary(), "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path),
+    done = subprocess.run([compose_binary, "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path),
                            "config", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "PASSWORD" in done.stderr
 
 
-@pytest.mark.skipif(_compose_binary() is None, reason="docker-compose is not installed")
-def test_compose_defaults_are_the_public_images_and_stand_ins_cover_all_but_grafana_and_cadvisor(tmp_path: Path):
+def test_compose_defaults_are_the_public_images_and_stand_ins_cover_all_but_grafana_and_cadvisor(
+        tmp_path: Path, compose_binary: str):
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED and not k.endswith("_IMAGE")}
     env.update({name: "x" for name in SECRETS})
-    done = subprocess.run([_compose_binary(), "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path),
+    done = subprocess.run([compose_binary, "-f", str(COMPOSE_FILE), "--project-directory", str(tmp_path),
                            "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
