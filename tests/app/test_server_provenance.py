@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from app.store import connect
+from tests.fixtures.mariadb import reccom_count
 from tests.fixtures.server import Load
 
 pytestmark = pytest.mark.services
@@ -35,20 +36,10 @@ def reccom_rows(settings) -> dict[str, dict]:
     return {r["request_id"]: r for r in rows}
 
 
-def count_rows(settings) -> int:
-    conn = connect(settings, "admin")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM reccom")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
 def wait_rows(settings, n: int, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        got = count_rows(settings)
+        got = reccom_count(settings)
         if got >= n or time.monotonic() > deadline:
             return got
         time.sleep(0.2)
@@ -103,7 +94,7 @@ def test_a_reused_request_id_keeps_one_row_per_answer(start_server, models_root,
     assert first.headers["X-Request-Id"] == second.headers["X-Request-Id"] == rid
     assert wait_rows(mysql_settings, 2) == 2
     time.sleep(0.5)
-    assert count_rows(mysql_settings) == 2
+    assert reccom_count(mysql_settings) == 2
     conn = connect(mysql_settings, "admin")
     try:
         with conn.cursor() as cur:
@@ -140,7 +131,7 @@ def test_mysql_outage_under_load_loses_no_row_and_fails_no_request(
     time.sleep(0.5)
     rows = reccom_rows(mysql_settings)
     assert set(rows) == {a.request_id for a in answers}, "every answer has its row, no other row exists"
-    assert count_rows(mysql_settings) == len(answers)  # one row each, never two
+    assert reccom_count(mysql_settings) == len(answers)  # one row each, never two
     for a in answers[:: max(1, len(answers) // 50)]:
         assert rows[a.request_id]["movies"] == a.body and rows[a.request_id]["user_id"] == a.user
     assert provenance_counter(s, "spooled") > 0, "the outage really sent rows to the spool"
@@ -161,7 +152,7 @@ def test_server_restart_replays_the_spool_left_by_the_previous_one(
         assert spooled_lines(spool) == len(answers)
     finally:
         mariadb.start()
-    assert count_rows(mysql_settings) == 0
+    assert reccom_count(mysql_settings) == 0
 
     second = start_server(models_root=models_root, version=1, workers=2, extra_env=mysql_env, run_dir=first.run_dir)
     assert wait_rows(mysql_settings, len(answers)) == len(answers)

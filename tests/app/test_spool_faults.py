@@ -25,7 +25,7 @@ from app import store
 from app.provenance import MAX_LINE, ProvenanceWriter, _parse, _read_lines, normalise
 from app.settings import ROOT, MySQL
 from tests.app.test_provenance import Events, make_row, spool_files, stored
-from tests.fixtures.mariadb import free_port, settings_env
+from tests.fixtures.mariadb import free_port, reccom_count, settings_env
 
 pytestmark = pytest.mark.services
 
@@ -47,16 +47,6 @@ def foreign_spool(settings: MySQL, lines: list[bytes], name: str = "gone") -> Pa
 
 def line_of(row: dict) -> bytes:
     return json.dumps(row).encode()
-
-
-def db_count(settings: MySQL) -> int:
-    conn = store.connect(settings, "admin")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM reccom")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
 
 
 GOOD = make_row("x", 0)
@@ -298,10 +288,10 @@ def test_replaying_random_spool_bytes_writes_or_dead_letters_every_line(mysql_se
     settings_ = replace(mysql_settings, spool_dir=str(Path(mysql_settings.spool_dir) / uuid.uuid4().hex))
     foreign_spool(settings_, [d.replace(b"\n", b" ") for d in data])
     lines = sum(1 for d in data if d.replace(b"\n", b" ").strip())
-    before = db_count(mysql_settings)
+    before = reccom_count(mysql_settings)
     events = Events()
     ProvenanceWriter(settings_, on_event=events).start().close()
     assert spool_files(settings_) == []  # never left behind, never retried forever
     assert events.counts["written"] + events.counts["dead_lettered"] == lines
     assert events.counts["dropped"] == 0
-    assert db_count(mysql_settings) - before <= events.counts["written"]  # a row id seen before is no new row
+    assert reccom_count(mysql_settings) - before <= events.counts["written"]  # a row id seen before is no new row
