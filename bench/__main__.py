@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-PARTS = ["model", "server", "pipeline"]
+PARTS = ["model", "server", "pipeline", "scale"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,12 +1,15 @@
 """Recommendation algorithms on one base (`base.Recommender`), the way Surprise builds on ``AlgoBase``.
 
-=================  ==================================================================================
-``base``           ids, cold/warm choice, profiles, list rules, fallback, top lists, bundle, registry
-``cold_start``     the cold-start ranking every algorithm shares (IMDb-style rating × gender average)
-``profiles``       user and movie attributes read from the tables at training
-``knn``            `UserKNN`, the default algorithm: KNNBaseline estimate + neighbour-support score
-``fit_knn``        its training adapter (Surprise); imported by `Recommender.train` only
-=================  ==================================================================================
+==================  ==================================================================================
+``base``            ids, cold/warm choice, profiles, list rules, fallback, top lists, bundle, registry
+``cold_start``      the cold-start ranking every algorithm shares (IMDb-style rating × gender average)
+``profiles``        user and movie attributes read from the tables at training
+``knn``             `UserKNN`, the default algorithm: KNNBaseline estimate + neighbour-support score
+``fit_knn``         its training adapter (Surprise); imported by `Recommender.train` only
+``sparse_knn``      `SparseUserKNN` (``user_knn_sparse``): the same estimate and score from per-user top-k
+                    neighbours (memory n·k, no n × n array); `train` picks it above ``EXACT_MAX_USERS`` users
+``fit_sparse_knn``  its training adapter (numpy/scipy, blockwise sparse co-rating products); training only
+==================  ==================================================================================
 
 Adding an algorithm is one module: a dataclass subclass of `Recommender` decorated with
 `register(name, fitter="module:function")`, imported below so bundles naming it can load.
@@ -18,6 +21,7 @@ from app.recommender.base import (
     ALGORITHMS,
     COLD,
     DEFAULT_ALGORITHM,
+    EXACT_MAX_USERS,
     FALLBACK,
     LIST_WIDTH,
     WARM,
@@ -27,6 +31,7 @@ from app.recommender.base import (
     register,
 )
 from app.recommender.knn import UserKNN
+from app.recommender.sparse_knn import SparseUserKNN
 
 DEFAULT_PARAMS = ALGORITHMS[DEFAULT_ALGORITHM].default_params()
 
@@ -35,12 +40,14 @@ __all__ = [
     "COLD",
     "DEFAULT_ALGORITHM",
     "DEFAULT_PARAMS",
+    "EXACT_MAX_USERS",
     "FALLBACK",
     "LIST_WIDTH",
     "WARM",
     "Fit",
     "Recommendation",
     "Recommender",
+    "SparseUserKNN",
     "UserKNN",
     "register",
 ]

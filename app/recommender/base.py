@@ -56,6 +56,11 @@ RATING_SCALE = (1.0, 5.0)
 ARRAYS = "arrays.npz"
 IDS = "ids.json"
 DEFAULT_ALGORITHM = "user_knn"
+# Above this many users `train` (no algorithm named) fits SCALABLE_ALGORITHM instead of the exact one. Surprise's
+# user-user fit holds a dense n × n float64 plus ~5 temporaries (≈ 48·n² bytes): ~20,000 users fill 24 GiB and
+# 10,000 users take ~5 GB, so the exact path stops well before memory does. A `train` keyword overrides it.
+EXACT_MAX_USERS = 10_000
+SCALABLE_ALGORITHM = "user_knn_sparse"
 
 WARM, COLD, FALLBACK = "warm", "cold", "fallback"  # how a list was made
 Profile = tuple[float, str]  # (age or NaN, 'M' / 'F' / '')
@@ -263,16 +268,27 @@ class Recommender:
         *,
         algorithm: str | None = None,
         materialise: bool = True,
+        exact_max_users: int = EXACT_MAX_USERS,
         **params: Any,
     ) -> Recommender:
-        """Fit `algorithm` (default: this class's, else `DEFAULT_ALGORITHM`) on every rating given.
+        """Fit `algorithm` (default: this class's, else by size) on every rating given.
 
-        The gate's RMSE comes from `auto_deployment.model.evaluate`. `materialise=False` skips
+        With no algorithm named, more than `exact_max_users` distinct users pick `SCALABLE_ALGORITHM`
+        (memory n·k) and fewer the exact `DEFAULT_ALGORITHM` (memory n²); the bundle's ``algorithm`` says
+        which. The gate's RMSE comes from `auto_deployment.model.evaluate`. `materialise=False` skips
         storing the top lists, for a model that only predicts ratings.
         """
         from app.recommender import profiles
 
-        algo = algorithm_class(algorithm or cls.algorithm or DEFAULT_ALGORITHM, "train")
+        name = algorithm or cls.algorithm
+        if not name:
+            big = ratings["user_id"].nunique() > exact_max_users
+            name = SCALABLE_ALGORITHM if big else DEFAULT_ALGORITHM
+            if not big:  # parameters only the scalable path takes mean nothing to the exact one
+                exact = algorithm_class(DEFAULT_ALGORITHM, "train").default_params()
+                scalable = algorithm_class(SCALABLE_ALGORITHM, "train").default_params()
+                params = {k: v for k, v in params.items() if k in exact or k not in scalable}
+        algo = algorithm_class(name, "train")
         defaults = algo.default_params()
         unknown = set(params) - set(defaults)
         if unknown:
@@ -307,6 +323,7 @@ class Recommender:
                 "train_size": int(fit.train_size),
                 "n_users": len(fit.user_ids),
                 "n_movies": len(fit.movie_ids),
+                "exact_max_users": int(exact_max_users),  # the size rule that chose `algorithm` (if not named)
                 "code_commit": _code_commit(),
             },
             extra_users=extra,
