@@ -31,6 +31,19 @@ Zero-gap reload: write the pointer
     ``/ready`` answers 503 with the reason and the worker becomes ready when the pointer names a
     valid bundle.
 
+Checked against ``tracking`` (``MOVIEREC_VERIFY_TRACKING``, default on)
+    A bundle's own checksums only prove its files match its ``checksums.json``; whoever can write the
+    store can alter a file and re-hash. So after the checksum pass the slot compares the bundle's
+    checksum (`bundle.checksum`, the sha256 of ``checksums.json``) with ``tracking.model_checksum`` of
+    its version, read with the app account. Policy:
+
+    * row with a different checksum: refused like any broken bundle (``model reload refused`` with
+      the reason, the current model keeps serving; ``/ready`` 503 with the reason when there is none);
+    * no row, no model checksum in it, or no numeric version (a ``MOVIEREC_MODEL_DIR`` bundle, a test
+      bundle): served, logged as ``model not verified against tracking``;
+    * MySQL unreachable or the query fails: served (the files passed their checksums) and logged as
+      unverified - a slot never stops serving, nor refuses to start, because MySQL is down.
+
 SIGHUP also works
     ``kill -HUP <master>`` re-reads the config and forks new workers, which load the version the
     pointer names *before* accepting; the old workers then finish their in-flight requests and
@@ -55,10 +68,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app import store
 from app.contracts import bundle, pointer
 from app.logs import kv
 from app.model import LIST_WIDTH, BundleError, Recommender
-from app.settings import Paths, Serving
+from app.settings import MySQL, Paths, Serving
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +109,11 @@ class ModelSlot:
         serving: Serving,
         paths: Paths,
         on_swap: Callable[[Loaded | None, Loaded], None] | None = None,
+        mysql: MySQL | None = None,
     ) -> None:
         self.serving = serving
         self.paths = paths
+        self.mysql = mysql or MySQL.from_env()
         self.on_swap = on_swap
         self.faults_file = paths.run_dir / "faults" / f"{serving.slot}.json"
         self._env_faults = Faults(serving.fault_latency_ms, serving.fault_error_ratio, "env")
@@ -282,6 +298,7 @@ class ModelSlot:
         if not fallback:
             raise BundleError(f"model bundle {directory} recommends nothing (empty catalogue?)")
         number = int(version) if version.isdigit() else 0
+        self._check_tracking(directory, number)
         return Loaded(
             model=model,
             version=version,
@@ -291,6 +308,32 @@ class ModelSlot:
             fallback=fallback,
             load_seconds=time.perf_counter() - started,
         )
+
+    def _check_tracking(self, directory: Path, number: int) -> None:
+        """Refuse a bundle whose checksum is not the one `tracking` recorded for its version (policy: docstring)."""
+        if not self.mysql.verify_tracking:
+            return
+        why = ""
+        if number <= 0:
+            why = "the bundle has no numeric version"
+        else:
+            try:
+                tracked = store.tracked_model_checksum(self.mysql, number)
+            except store.DatabaseError as exc:  # includes DatabaseUnreachable: serve, never stop for MySQL
+                why = f"MySQL did not answer ({exc})"
+            else:
+                if tracked is None:
+                    why = f"version {number} has no tracking row with a model checksum"
+                else:
+                    actual = bundle.checksum(directory)
+                    if actual != tracked:
+                        raise BundleError(
+                            f"model bundle {directory} has checksum {actual}, tracking records {tracked} for "
+                            f"version {number}: altered after it was recorded"
+                        )
+                    return
+        log.warning("model not verified against tracking, serving it on its own checksums",
+                    extra=kv(slot=self.serving.slot, bundle=directory, version=number or "-", reason=why))
 
     # ------------------------------------------------------------------ faults
     def _check_faults(self) -> None:

@@ -8,7 +8,12 @@ import `auto_deployment/`.
 Accounts (least privilege; :func:`apply_schema` makes sure of them at every apply):
 
 ====================  =============================================================
-admin (MYSQL_ADMIN_*)   everything; applies the schema, writes ``tracking`` and ``releases``
+admin (MYSQL_ADMIN_*)   everything; applies the schema and creates the accounts (nothing else
+                        at run time uses it)
+pipeline (MYSQL_PIPELINE_*)
+                        SELECT, INSERT, UPDATE, DELETE on ``tracking`` (`record_tracking` upserts,
+                        `delete_tracking` undoes a version that failed half-way); SELECT, INSERT
+                        on ``releases`` - the scheduler can neither touch ``reccom`` nor the schema
 app (MYSQL_APP_*)       INSERT on ``reccom``, SELECT on ``tracking`` - nothing else: a
                         compromised inference server can neither read who was served
                         what nor rewrite history
@@ -49,7 +54,7 @@ from app.settings import MySQL
 log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).with_name("sql")
-ROLES = ("admin", "app", "auditor")
+ROLES = ("admin", "pipeline", "app", "auditor")
 ACCOUNT_HOSTS = ("%", "localhost", "127.0.0.1")
 _FILE_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
 _DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -261,12 +266,16 @@ def apply_schema(settings: MySQL, sql_dir: Path = SQL_DIR) -> list[int]:
 
 
 def _ensure_accounts(cur: pymysql.cursors.Cursor, settings: MySQL) -> None:
-    """App and auditor accounts with exactly the privileges of the module docstring (idempotent)."""
+    """Pipeline, app and auditor accounts with exactly the privileges of the module docstring (idempotent)."""
     db = database_name(settings)
-    admin = settings.admin_user
-    if admin in (settings.app_user, settings.auditor_user) or settings.app_user == settings.auditor_user:
-        raise ValueError("the admin, app and auditor accounts must be three different users")
+    users = (settings.admin_user, settings.pipeline_user, settings.app_user, settings.auditor_user)
+    if len(set(users)) != len(users):
+        raise ValueError("the admin, pipeline, app and auditor accounts must be four different users")
     grants = {
+        (settings.pipeline_user, settings.pipeline_password): (
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.`tracking` TO %s@%s",
+            f"GRANT SELECT, INSERT ON `{db}`.`releases` TO %s@%s",
+        ),
         (settings.app_user, settings.app_password): (
             f"GRANT INSERT ON `{db}`.`reccom` TO %s@%s",
             f"GRANT SELECT ON `{db}`.`tracking` TO %s@%s",
@@ -357,12 +366,12 @@ def record_tracking(settings: MySQL, row: Mapping[str, Any]) -> None:
     values = _values(row, TRACKING_COLUMNS, "tracking")  # a bad row fails before any connection is made
     if values.get("version_number") is None:
         raise ValueError("tracking: version_number is required")
-    with _session(settings, "admin") as conn:
+    with _session(settings, "pipeline") as conn:
         write_tracking(conn, values)
 
 
 def write_tracking(conn: Connection, row: Mapping[str, Any]) -> None:
-    """:func:`record_tracking` on a connection the caller holds (admin)."""
+    """:func:`record_tracking` on a connection the caller holds (pipeline or admin)."""
     values = _values(row, TRACKING_COLUMNS, "tracking")
     if values.get("version_number") is None:
         raise ValueError("tracking: version_number is required")
@@ -380,22 +389,34 @@ def write_tracking(conn: Connection, row: Mapping[str, Any]) -> None:
 
 def has_tracking_row(settings: MySQL, version: int) -> bool:
     """Whether `version` has its `tracking` row (the one "is this version recorded" query)."""
-    with _session(settings, "admin") as conn, conn.cursor() as cur:
+    with _session(settings, "pipeline") as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM tracking WHERE version_number = %s", (int(version),))
         return bool(cur.fetchone()[0])
 
 
 def delete_tracking(settings: MySQL, version: int) -> None:
     """Remove the `tracking` row of `version`: only the undo of a version that failed half-way uses it."""
-    with _session(settings, "admin") as conn, conn.cursor() as cur:
+    with _session(settings, "pipeline") as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM tracking WHERE version_number = %s", (int(version),))
 
 
 def tracking_rows(settings: MySQL) -> list[dict[str, Any]]:
     """Every `tracking` row's version number and data checksum, oldest version first."""
-    with _session(settings, "admin") as conn, conn.cursor() as cur:
+    with _session(settings, "pipeline") as conn, conn.cursor() as cur:
         cur.execute("SELECT version_number, data_checksum FROM tracking ORDER BY version_number")
         return [{"version_number": int(v), "data_checksum": c} for v, c in cur.fetchall()]
+
+
+def tracked_model_checksum(settings: MySQL, version: int) -> str | None:
+    """`tracking.model_checksum` of `version`, read as the app account (a slot checks a bundle against it).
+
+    None when the version has no row or its row has no model checksum. Raises :class:`DatabaseUnreachable`
+    / :class:`DatabaseError` when MySQL cannot answer: the caller decides what that means.
+    """
+    with _session(settings, "app") as conn, conn.cursor() as cur:
+        cur.execute("SELECT model_checksum FROM tracking WHERE version_number = %s", (int(version),))
+        row = cur.fetchone()
+    return None if row is None or not row[0] else str(row[0])
 
 
 # ---------------------------------------------------------------------------------------------- releases
@@ -415,14 +436,17 @@ def release_values(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def record_release(settings: MySQL, row: Mapping[str, Any]) -> int:
-    """Insert one `releases` row as admin; returns its id. Raises ValueError for a row that breaks the schema."""
+    """Insert one `releases` row as the pipeline account; returns its id.
+
+    Raises ValueError for a row that breaks the schema.
+    """
     values = release_values(row)  # a bad row fails before any connection is made
-    with _session(settings, "admin") as conn:
+    with _session(settings, "pipeline") as conn:
         return write_release(conn, values)
 
 
 def write_release(conn: Connection, row: Mapping[str, Any]) -> int:
-    """:func:`record_release` on a connection the caller holds (admin); returns the row's id."""
+    """:func:`record_release` on a connection the caller holds (pipeline or admin); returns the row's id."""
     values = release_values(row)
     cols = list(values)
     with conn.cursor() as cur:

@@ -25,7 +25,7 @@ class Recorder(Protocol):
 
 
 class MySQLRecorder:
-    """`releases` rows through `app.store` (admin account)."""
+    """`releases` rows through `app.store` (pipeline account)."""
 
     def __init__(self, settings: MySQL) -> None:
         self.settings = settings

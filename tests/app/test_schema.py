@@ -21,7 +21,7 @@ from app import store
 from app.settings import ROOT, MySQL
 from tests.fixtures.mariadb import MariaDB, free_port, fresh_database_name, settings_env
 
-DENIED = (1142, 1143, 1044, 1045)  # table/column/database command denied, access denied
+DENIED = (1142, 1143, 1044, 1045, 1227)  # table/column/database command denied, access denied, privilege missing
 
 
 def run_schema_cli(settings: MySQL, *args: str) -> subprocess.CompletedProcess:
@@ -132,6 +132,52 @@ def test_auditor_account_reads_everything_and_writes_nothing(mysql_settings: MyS
     assert_denied(s, "auditor", "DROP TABLE tracking")
 
 
+def test_pipeline_account_writes_tracking_and_releases_and_nothing_else(mysql_settings: MySQL) -> None:
+    """Issue 12 (least privilege): the scheduler no longer logs in as admin/root."""
+    s = mysql_settings
+    query(s, "pipeline", "INSERT INTO tracking (version_number, model_rmse) VALUES (1, 0.9) "
+                         "ON DUPLICATE KEY UPDATE model_rmse = VALUES(model_rmse)")
+    query(s, "pipeline", "INSERT INTO tracking (version_number, model_rmse) VALUES (1, 0.8) "
+                         "ON DUPLICATE KEY UPDATE model_rmse = VALUES(model_rmse)")
+    assert query(s, "pipeline", "SELECT version_number, model_rmse FROM tracking") == [(1, 0.8)]
+    query(s, "pipeline", "INSERT INTO releases (candidate_version, started_at, outcome) VALUES (1, NOW(), 'aborted')")
+    assert len(query(s, "pipeline", "SELECT id FROM releases")) == 1
+    query(s, "admin", "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, movies) "
+                      "VALUES ('r1', 1, 2, 1, 'stable', 'h', 'a,b')")
+
+    assert_denied(s, "pipeline", "SELECT * FROM reccom")
+    assert_denied(s, "pipeline", "INSERT INTO reccom (request_id, served_at_ms, user_id, version_number, slot, host, "
+                                 "movies) VALUES ('x', 1, 1, 1, 's', 'h', '')")
+    assert_denied(s, "pipeline", "UPDATE reccom SET user_id = 3")
+    assert_denied(s, "pipeline", "DELETE FROM reccom")
+    assert_denied(s, "pipeline", "UPDATE releases SET reason = 'rewritten'")
+    assert_denied(s, "pipeline", "DELETE FROM releases")
+    assert_denied(s, "pipeline", "SELECT * FROM schema_version")
+    assert_denied(s, "pipeline", "DROP TABLE tracking")
+    assert_denied(s, "pipeline", "DROP TABLE reccom")
+    assert_denied(s, "pipeline", "CREATE TABLE sneaky (id INT)")
+    assert_denied(s, "pipeline", "ALTER TABLE tracking ADD COLUMN sneaky INT")
+    assert_denied(s, "pipeline", "CREATE USER 'sneaky'@'localhost' IDENTIFIED BY 'x'")
+    assert_denied(s, "pipeline", f"GRANT SELECT ON `{s.database}`.`reccom` TO '{s.pipeline_user}'@'localhost'")
+    assert query(s, "admin", "SELECT request_id FROM reccom") == [("r1",)]
+
+
+def test_store_writes_tracking_and_releases_without_the_admin_account(mysql_settings: MySQL) -> None:
+    """Issue 12: every tracking/releases call of the scheduler and bootstrap works with admin locked out."""
+    s = replace(mysql_settings, admin_password="not-the-admin-password")
+    with pytest.raises(store.DatabaseUnreachable):
+        store.connect(s, "admin")
+    assert not store.has_tracking_row(s, 4)
+    store.record_tracking(s, {"version_number": 4, "data_checksum": "d4", "model_checksum": "m4"})
+    store.record_tracking(s, {"version_number": 4, "model_rmse": 0.9})
+    assert store.has_tracking_row(s, 4)
+    assert store.tracking_rows(s) == [{"version_number": 4, "data_checksum": "d4"}]
+    assert store.tracked_model_checksum(s, 4) == "m4"
+    store.record_release(s, {"candidate_version": 4, "started_at": 0, "outcome": "promoted"})
+    store.delete_tracking(s, 4)  # the undo of a version that failed half-way
+    assert store.tracking_rows(s) == []
+
+
 def test_schema_apply_keeps_account_passwords_in_step_with_settings(mysql_settings: MySQL) -> None:
     changed = replace(mysql_settings, app_password="rotated-app-secret")
     store.apply_schema(changed)
@@ -237,13 +283,8 @@ def test_failures_reach_callers_as_store_errors_never_as_driver_errors(mysql_set
         store.has_tracking_row(unreachable, 1)
     with pytest.raises(ValueError, match="unknown column"):  # a bad row is refused before any connection
         store.record_tracking(unreachable, {"version_number": 1, "rmse": 0.9})
-    empty = replace(mysql_settings, database=fresh_database_name())
-    conn = store.connect(empty, "admin", database=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{empty.database}`")
-    finally:
-        conn.close()
+    empty = mysql_settings  # its tables gone: the pipeline account still connects (table grants stay)
+    query(empty, "admin", "DROP TABLE tracking")
     with pytest.raises(store.DatabaseError, match="query failed") as info:
         store.has_tracking_row(empty, 1)  # no tables: the statement fails, the connection did not
     assert not isinstance(info.value, store.DatabaseUnreachable)
