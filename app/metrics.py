@@ -16,7 +16,8 @@ What the release controller and alerts query (names and labels are a contract):
 * ``recommend_latency_seconds{slot,version,status}`` histogram of ``/recommend`` answers, buckets
   from 1 ms to 1 s; average latency of a slot = ``sum(rate(..._sum{slot="canary",status="200"}[W]))
   / sum(rate(..._count{...}[W]))``;
-* ``recommend_requests_total{slot,version,status}``: error ratio = non-200 / all;
+* ``recommend_requests_total{slot,version,status}``: error ratio = 5xx / all (4xx are the client's); the
+  series of every status in `STATUSES` exist at 0 from the moment a version is swapped in (`ServingMetrics.touch`);
 * ``recommend_cold_start_total{slot,version}``: answers that used the cold-start ranking;
 * ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dead_lettered`` | ``dropped``
   (every row ends written, dead-lettered or dropped; ``spooled`` counts rows passing through the disk);
@@ -53,6 +54,7 @@ LATENCY_BUCKETS = (
 )
 NO_VERSION = "none"
 OUTCOMES = ROW_OUTCOMES  # provenance_rows_total{outcome}
+STATUSES = ("200", "400", "500", "503")  # what /recommend answers; each series exists at 0 from the swap on
 
 
 def ensure_multiproc_dir(serving: Serving) -> bool:
@@ -129,8 +131,18 @@ class ServingMetrics:
         self._model_info.labels(slot=self.slot, version=new_version).set(1)
 
     def touch(self, version: str | None) -> None:
-        """Create the zero-valued series up front so rate() and ratios work from the first scrape."""
+        """Create the zero-valued series up front so rate() and ratios work from the first scrape.
+
+        A counter series is born at its first increment, so ``increase()`` over a window that holds its
+        birth misses the first burst (37 canary 400s once showed as 0). Called when a version is swapped
+        in: Prometheus then scrapes a 0 for every (slot, version, status) `/recommend` can answer before
+        the version's first request, and the release checks see its first errors.
+        """
         v = version or NO_VERSION
+        for status in STATUSES:
+            labels = {"slot": self.slot, "version": v, "status": status}
+            self._requests.labels(**labels)
+            self._latency.labels(**labels)
         for outcome in OUTCOMES:
             self._provenance.labels(slot=self.slot, outcome=outcome)
         for kind in FAILURE_KINDS:

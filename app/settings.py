@@ -140,7 +140,7 @@ class MySQL:
     app_password: str = _doc("MYSQL_APP_PASSWORD", "its password (secret; local default only for loopback)")
     auditor_user: str = _doc("MYSQL_AUDITOR_USER", "read-only account of auditors")
     auditor_password: str = _doc("MYSQL_AUDITOR_PASSWORD", "its password (secret)")
-    admin_user: str = _doc("MYSQL_ADMIN_USER", "account that applies the schema and writes tracking/releases")
+    admin_user: str = _doc("MYSQL_ADMIN_USER", "account that applies the schema (and tests/repairs)")
     admin_password: str = _doc("MYSQL_ADMIN_PASSWORD", "its password (secret)")
     enabled: bool = _doc("MOVIEREC_PROVENANCE", "write provenance rows (set 0 to benchmark without)")
     batch_size: int = _doc("MOVIEREC_PROVENANCE_BATCH", "rows per INSERT batch")
@@ -154,6 +154,12 @@ class MySQL:
                                 "are dropped and counted (default 6 GiB: a day at 200 req/s)", SPOOL_MAX_BYTES)
     dead_letter_dir: str = _doc("MOVIEREC_DEAD_LETTER_DIR", "refused rows and unreadable spool lines/files, with "
                                 "the reason (default <spool_dir>.dead-letter)", "")
+    # added after callers built MySQL(...) by hand: defaults keep them working (same values as from_env)
+    pipeline_user: str = _doc("MYSQL_PIPELINE_USER", "account of the scheduler/pipeline (writes tracking, "
+                              "inserts releases; nothing else)", "movierec_pipeline")
+    pipeline_password: str = _doc("MYSQL_PIPELINE_PASSWORD", "its password (secret)", "local-pipeline")
+    verify_tracking: bool = _doc("MOVIEREC_VERIFY_TRACKING", "a slot refuses a bundle whose checksum differs from "
+                                 "its version's tracking row (no row or MySQL down: served, logged unverified)", True)
 
     @classmethod
     def from_env(cls) -> MySQL:
@@ -176,6 +182,9 @@ class MySQL:
             spool_dir=_env("MOVIEREC_SPOOL_DIR", str(paths.run_dir / "spool" / slot)),
             spool_max_bytes=_env_int("MOVIEREC_SPOOL_MAX_BYTES", SPOOL_MAX_BYTES),
             dead_letter_dir=_env("MOVIEREC_DEAD_LETTER_DIR", ""),
+            pipeline_user=_env("MYSQL_PIPELINE_USER", "movierec_pipeline"),
+            pipeline_password=_env("MYSQL_PIPELINE_PASSWORD", "local-pipeline"),
+            verify_tracking=_env_bool("MOVIEREC_VERIFY_TRACKING", True),
         )
 
 
@@ -247,11 +256,18 @@ class Notify:
 class Release:
     observe_s: float = _doc("RELEASE_OBSERVE_S", "canary observation window in seconds (12 h)")
     max_latency_ms: float = _doc("RELEASE_MAX_LATENCY_MS", "promote only if the canary's average latency is below")
-    max_error_ratio: float = _doc("RELEASE_MAX_ERROR_RATIO", "promote only if the canary's error ratio is at most")
-    min_requests: int = _doc("RELEASE_MIN_REQUESTS", "promote only if the canary served at least this many")
+    max_error_ratio: float = _doc("RELEASE_MAX_ERROR_RATIO",
+                                  "promote only if the canary's 5xx ratio is at most (its upper confidence bound)")
+    min_requests: int = _doc("RELEASE_MIN_REQUESTS", "fewest answers before the latency checks may judge")
     runtime: str = _doc("RELEASE_RUNTIME", "how slots are deployed: native (pointer files) or compose (+ SIGHUP)")
     slot_urls: str = _doc("RELEASE_SLOT_URLS", "slot=URL,... of each slot's own server; empty = loopback ports")
     deploy_timeout_s: float = _doc("RELEASE_DEPLOY_TIMEOUT_S", "longest wait for a slot to serve a new version")
+    confidence: float = _doc("RELEASE_CONFIDENCE",
+                             "level of the 5xx ratio's upper bound (0.95: 299 clean requests to claim < 1%)", 0.95)
+    latency_vs_stable: float = _doc("RELEASE_LATENCY_VS_STABLE",
+                                    "promote only if the canary's average latency is at most stable's times this", 1.5)
+    latency_slack_ms: float = _doc("RELEASE_LATENCY_SLACK_MS",
+                                   "ms added to that limit: a smaller difference is noise, not a regression", 5.0)
 
     @classmethod
     def from_env(cls) -> Release:
@@ -263,6 +279,9 @@ class Release:
             runtime=_env("RELEASE_RUNTIME", "native"),
             slot_urls=_env("RELEASE_SLOT_URLS", ""),
             deploy_timeout_s=_env_float("RELEASE_DEPLOY_TIMEOUT_S", 120.0),
+            confidence=_env_float("RELEASE_CONFIDENCE", 0.95),
+            latency_vs_stable=_env_float("RELEASE_LATENCY_VS_STABLE", 1.5),
+            latency_slack_ms=_env_float("RELEASE_LATENCY_SLACK_MS", 5.0),
         )
 
 

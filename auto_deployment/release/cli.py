@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-latency-ms", type=float,
                         help="check: canary average latency below (RELEASE_MAX_LATENCY_MS)")
     parser.add_argument("--max-error-ratio", type=float,
-                        help="check: canary error ratio at most (RELEASE_MAX_ERROR_RATIO)")
-    parser.add_argument("--min-requests", type=int, help="check: canary requests at least (RELEASE_MIN_REQUESTS)")
+                        help="check: canary 5xx ratio at most, by its upper confidence bound (RELEASE_MAX_ERROR_RATIO)")
+    parser.add_argument("--min-requests", type=int,
+                        help="fewest answers before the latency checks may judge (RELEASE_MIN_REQUESTS)")
     parser.add_argument("--prometheus-url", help="Prometheus base URL (default PROMETHEUS_URL)")
     parser.add_argument("--runtime", choices=("native", "compose"), help="how slots are deployed (RELEASE_RUNTIME)")
     parser.add_argument("--slot-url", action="append", default=[], metavar="SLOT=URL",

@@ -29,9 +29,10 @@ from app.logs import kv
 
 log = logging.getLogger(__name__)
 
-# One PromQL template per figure. `{sel}` is the role's slots and the version, `{ok}` / `{bad}` the same
-# restricted to answers that succeeded / failed, `{window}` the range. A figure with no failed request at
-# all has no series, not a zero: `or vector(0)` supplies the zero.
+# One PromQL template per figure. `{sel}` is the role's slots and the version, `{ok}` the same restricted to
+# answers that succeeded (200), `{bad}` to the server's failures (5xx: a 400 for `/recommend/bad1` is the
+# client's mistake and never counts against the canary, as in Flagger's request-success-rate), `{window}`
+# the range. A figure with no failed request at all has no series, not a zero: `or vector(0)` supplies it.
 QUERIES: dict[str, str] = {
     "latency_ms": (
         "1000 * sum(rate(recommend_latency_seconds_sum{{{ok}}}[{window}]))"
@@ -84,7 +85,7 @@ class MetricsQuery(Protocol):
 def queries(selector: str, version: int, window: str) -> dict[str, str]:
     """The PromQL of each figure, for a slot `selector` (``slot="canary"``) and one model version."""
     sel = f'{selector},version="{int(version)}"'
-    labels = {"sel": sel, "ok": f'{sel},status="200"', "bad": f'{sel},status!="200"', "window": window}
+    labels = {"sel": sel, "ok": f'{sel},status="200"', "bad": f'{sel},status=~"5.."', "window": window}
     return {name: template.format(**labels) for name, template in QUERIES.items()}
 
 

@@ -204,15 +204,20 @@ def _figures(**values: float) -> Figures:
 
 def test_default_checks_name_every_failed_criterion():
     checks = default_checks(dataclasses.replace(GATE, min_requests=20))
-    ok = judge(checks, _figures())
-    assert ok.passed and ok.reason == "average latency 12.0 ms < 500 ms, error ratio 0.0000 <= 0.01, 300 requests >= 20"
-    slow = judge(checks, _figures(latency_ms=700.0))
-    assert (slow.passed, slow.reason) == (False, "average latency 700.0 ms >= 500 ms")
+    stable = _figures(latency_ms=10.0)
+    ok = judge(checks, _figures(), stable)
+    assert ok.passed and ok.reason == (
+        "average latency 12.0 ms < 500 ms, average latency vs stable 12.00 ms <= 1.5 × stable 10.00 ms + 5 ms, "
+        "5xx ratio 0.0000 <= 0.01 (95% upper bound 0.0099 over 300 requests)")
+    slow = judge(checks, _figures(latency_ms=700.0), stable)
+    assert not slow.passed and slow.reason.startswith("average latency 700.0 ms >= 500 ms; ")
     assert [(r.name, r.status) for r in slow.results] == [
-        ("latency", "failed"), ("error_ratio", "passed"), ("requests", "passed")]
-    bad = judge(checks, _figures(latency_ms=500.0, error_ratio=0.2, requests=5.0, errors=1.0))
-    assert not bad.passed and "too few canary requests: 5 < 20" in bad.reason
-    assert "error ratio 0.2000 > 0.01" in bad.reason and "latency 500.0 ms >= 500 ms" in bad.reason
+        ("latency", "failed"), ("latency_vs_stable", "failed"), ("error_ratio", "passed")]
+    bad = judge(checks, _figures(latency_ms=500.0, error_ratio=0.2, requests=5.0, errors=1.0), stable)
+    assert not bad.passed and "average latency 500.0 ms >= 500 ms" in bad.reason  # few, but failing: a failure
+    assert "5xx ratio 0.2000 > 0.01" in bad.reason
+    few = judge(checks, _figures(requests=5.0), stable)  # few and within every limit: never a pass
+    assert not few.passed and "too few canary requests for average latency: 5 < 20" in few.reason
     none = judge(checks, NoData("Prometheus at x unreachable"))
     assert (none.passed, none.reason) == (False, "no data from Prometheus: Prometheus at x unreachable")
 

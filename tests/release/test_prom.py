@@ -19,6 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from app.contracts.topology import Slot, Topology
+from app.settings import Release
+from auto_deployment.release.checks import default_checks, judge
 from auto_deployment.release.metrics import QUERIES, Figures, NoData, Prometheus, QueryFailed, queries
 from tests.fixtures.receivers import free_port
 
@@ -35,6 +37,8 @@ FEED = [
     ("canary", "2", "200", 0.900, 1),  # the old model on the canary: must not leak into version 3's figures
     ("stable_1", "2", "200", 0.050, 2),
     ("stable_2", "2", "200", 0.030, 2),
+    ("canary", "4", "200", 0.020, 5),  # another candidate whose clients send many malformed requests:
+    ("canary", "4", "400", 0.001, 5),  # /recommend/bad1 answered 400 is the client's mistake
 ]
 
 
@@ -148,6 +152,20 @@ def test_stable_figures_cover_both_stable_replicas(fed_prometheus):
     assert figures["errors"] == 0.0
 
 
+def test_client_400s_never_veto_a_canary_only_its_5xx_count(fed_prometheus):
+    query = Prometheus(fed_prometheus, TOPOLOGY)
+    canary = query.figures("canary", 4, window_s=WINDOW_S)
+    assert isinstance(canary, Figures)
+    assert canary["errors"] == 0.0 and canary["error_ratio"] == 0.0  # half its answers were 400s
+    assert canary["requests"] >= 299  # every answer is in the sample, 400s included
+    verdict = judge(default_checks(Release.from_env()), canary, query.figures("stable", 2, window_s=WINDOW_S))
+    assert verdict.passed, verdict.reason
+    # the candidate with 503s is judged on them: 10% of its answers, far over the 1% limit
+    failing = judge(default_checks(Release.from_env()), query.figures("canary", 3, window_s=WINDOW_S),
+                    query.figures("stable", 2, window_s=WINDOW_S))
+    assert not failing.passed and "5xx ratio 0.1" in failing.reason
+
+
 def test_version_without_series_is_no_data_with_a_reason(fed_prometheus):
     result = Prometheus(fed_prometheus, TOPOLOGY).figures("canary", 99, window_s=WINDOW_S)
     assert isinstance(result, NoData)
@@ -174,4 +192,5 @@ def test_queries_select_the_roles_slots_from_the_topology_and_one_version():
     four = Topology((*TOPOLOGY.slots[:2], Slot("stable_3", "stable", 5004, 2),
                      TOPOLOGY.slots[2]))
     assert 'slot=~"stable_1|stable_2|stable_3"' in queries(four.selector("stable"), 2, "15m")["errors"]
-    assert 'slot="canary",version="3",status!="200"' in queries(four.selector("canary"), 3, "1m")["errors"]
+    # only the server's failures count: a 4xx is the client's mistake
+    assert 'slot="canary",version="3",status=~"5.."' in queries(four.selector("canary"), 3, "1m")["errors"]

@@ -1,0 +1,141 @@
+"""What the release sees of a real canary: a Gunicorn inference server scraped by a real Prometheus.
+
+A version swapped into the slot must show its zero series before its first request (a counter born at
+its first increment hides the first burst from ``increase()``), and the server's own failures (503s of
+the fault drill) must fail the 5xx check while the clients' 400s in the same window do not count.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.contracts.topology import Topology
+from app.metrics import STATUSES
+from app.settings import Release
+from auto_deployment.release.checks import FAILED, default_checks, judge
+from auto_deployment.release.metrics import Figures, Prometheus, QueryFailed
+from tests.fixtures.receivers import free_port
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian package prometheus is not installed")
+
+SLOT = "canary"
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def canary(start_server_module, models_root):
+    """A canary slot on version 1 that has answered no /recommend yet."""
+    return start_server_module(slot=SLOT, models_root=models_root, version=1, workers=1)
+
+
+@pytest.fixture(scope="module")
+def prometheus(canary, tmp_path_factory) -> Iterator[str]:
+    """A Prometheus scraping the canary every second (its slot and version labels kept)."""
+    root: Path = tmp_path_factory.mktemp("prometheus-canary")
+    config = root / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: inference\n"
+        "    honor_labels: true\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{canary.port}']}}]\n"
+    )
+    port = free_port()
+    log = (root / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/-/ready", 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def _requests_series(text: str) -> dict[tuple[str, str], float]:
+    """(version, status) -> value of the canary's recommend_requests_total in an exposition."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "recommend_requests":
+            continue
+        for sample in family.samples:
+            if sample.name == "recommend_requests_total" and sample.labels.get("slot") == SLOT:
+                found[sample.labels["version"], sample.labels["status"]] = sample.value
+    return found
+
+
+def test_a_swapped_in_version_shows_zero_series_before_its_first_request(canary):
+    since = canary.log_size()
+    canary.set_pointer(2)
+    canary.wait_workers_on(2, since)
+
+    series = _requests_series(canary.get("/metrics").text)
+
+    assert {status: series.get(("2", status)) for status in STATUSES} == dict.fromkeys(STATUSES, 0.0)
+    assert set(STATUSES) >= {"200", "400", "503"}
+
+
+def test_the_canarys_503s_fail_the_release_and_the_clients_400s_do_not_count(canary, prometheus):
+    query = Prometheus(prometheus, Topology())
+    deadline = time.monotonic() + 30
+    while True:  # Prometheus has scraped the zero series of version 2 before the first request
+        try:
+            if query.scalar(f'sum(count_over_time(recommend_requests_total{{slot="{SLOT}",version="2"}}[1m]))',
+                            time.time()) >= 2 * len(STATUSES):
+                break
+        except QueryFailed:
+            pass
+        assert time.monotonic() < deadline, "Prometheus never scraped the canary"
+        time.sleep(0.5)
+    started = time.time()
+    canary.set_faults(error_ratio=0.2)
+    try:
+        deadline = time.monotonic() + 10
+        while canary.get("/recommend/5").status_code != 503:  # the drill is live
+            assert time.monotonic() < deadline, "the fault drill never answered 503"
+        answers = {200: 0, 400: 0, 503: 0}
+        with requests.Session() as session:
+            for i in range(400):
+                answers[session.get(f"{canary.url}/recommend/{1 + i % 300}", timeout=10).status_code] += 1
+                answers[session.get(f"{canary.url}/recommend/bad1", timeout=10).status_code] += 1
+    finally:
+        canary.clear_faults()
+    time.sleep(2.5)  # two more scrapes
+    window_s = time.time() - started + 1.0
+
+    figures = query.figures("canary", 2, window_s=window_s)
+
+    assert isinstance(figures, Figures), figures
+    assert answers[400] == 400 and answers[503] > 40
+    expected = answers[503] / sum(answers.values())  # ~0.1: the 400s are in the sample, never in the errors
+    assert figures["error_ratio"] == pytest.approx(expected, abs=0.04)
+    assert figures["errors"] == pytest.approx(answers[503], rel=0.25)  # the first burst is not lost
+    verdict = judge(default_checks(Release.from_env()), figures, None)
+    assert not verdict.passed
+    [error_check] = [r for r in verdict.results if r.name == "error_ratio"]
+    assert error_check.status == FAILED and error_check.text.startswith("5xx ratio 0.")
