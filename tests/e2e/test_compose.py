@@ -39,7 +39,8 @@ DOCKER_SH = ROOT / "ops" / "docker.sh"
 COMPOSE_FILE = ROOT / "compose.yml"
 TOPOLOGY = Topology()  # compose.yml is rendered from it: one inference service per slot
 SLOTS = {slot.name: slot.service for slot in TOPOLOGY.slots}
-SECRETS = ("MYSQL_ROOT_PASSWORD", "MYSQL_APP_PASSWORD", "MYSQL_AUDITOR_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+SECRETS = ("MYSQL_ROOT_PASSWORD", "MYSQL_APP_PASSWORD", "MYSQL_AUDITOR_PASSWORD", "MYSQL_PIPELINE_PASSWORD",
+           "GRAFANA_ADMIN_PASSWORD")
 SPLIT_REQUESTS = 1000
 READY_TIMEOUT_S = 300
 TIMINGS_FILE = ROOT / "reports" / "compose-timings.json"
