@@ -81,7 +81,7 @@ class UserKNN(Recommender):
         start, end = self.item_raters.indptr[i], self.item_raters.indptr[i + 1]
         raters = self.item_raters.indices[start:end]
         r = self.item_raters.data[start:end]
-        sims = self.sim[u, raters]
+        sims = self.rater_similarities(u, raters)
         top = np.argsort(-sims, kind="stable")[: int(self.params["k"])]  # Surprise's tie order: insertion
         sims, nbs, r = sims[top], raters[top], r[top]
         pos = sims > 0
@@ -90,6 +90,10 @@ class UserKNN(Recommender):
         sims, nbs, r = sims[pos], nbs[pos], r[pos]
         nb_bsl = self.global_mean + self.bu[nbs] + self.bi[i]
         return est + float(np.dot(sims, r - nb_bsl) / sims.sum())
+
+    def rater_similarities(self, u: int, raters: np.ndarray) -> np.ndarray:
+        """Similarity of user `u` to each of `raters` (the one step the sparse variant does differently)."""
+        return self.sim[u, raters]
 
     def score(self, u: int) -> np.ndarray:
         """Neighbour support of every movie for inner user `u`: Σ over neighbours of w · like[neighbour].

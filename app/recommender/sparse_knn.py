@@ -53,17 +53,11 @@ class SparseUserKNN(Recommender):
     like: sparse.csr_matrix  # user × item support a neighbour lends: 1 + like_weight · (r - baseline)
 
     def estimate(self, u: int | None, i: int | None) -> float:
-        """KNNBaseline's estimate; a rater outside u's stored neighbours counts as similarity 0."""
-        est = self.global_mean
-        if u is not None:
-            est += self.bu[u]
-        if i is not None:
-            est += self.bi[i]
-        if u is None or i is None:
-            return est
-        start, end = self.item_raters.indptr[i], self.item_raters.indptr[i + 1]
-        raters = self.item_raters.indices[start:end]
-        r = self.item_raters.data[start:end]
+        """`UserKNN`'s KNNBaseline estimate, with similarities from the stored neighbours (`rater_similarities`)."""
+        return UserKNN.estimate(self, u, i)  # type: ignore[arg-type]
+
+    def rater_similarities(self, u: int, raters: np.ndarray) -> np.ndarray:
+        """A rater outside u's stored neighbours counts as similarity 0; u itself as 1 (Surprise's diagonal)."""
         ns, ne = self.nb.indptr[u], self.nb.indptr[u + 1]
         cols, vals = self.nb.indices[ns:ne], self.nb.data[ns:ne]
         if ne > ns:
@@ -71,15 +65,8 @@ class SparseUserKNN(Recommender):
             sims = np.where(cols[pos] == raters, vals[pos], 0.0)
         else:
             sims = np.zeros(len(raters))
-        sims[raters == u] = 1.0  # Surprise's diagonal: a user is fully similar to themself (movies they rated)
-        top = np.argsort(-sims, kind="stable")[: int(self.params["k"])]  # Surprise's tie order: insertion
-        sims, nbs, r = sims[top], raters[top], r[top]
-        keep = sims > 0
-        if keep.sum() < int(self.params["min_k"]) or not keep.any():
-            return est
-        sims, nbs, r = sims[keep], nbs[keep], r[keep]
-        nb_bsl = self.global_mean + self.bu[nbs] + self.bi[i]
-        return est + float(np.dot(sims, r - nb_bsl) / sims.sum())
+        sims[raters == u] = 1.0
+        return sims
 
     def score(self, u: int) -> np.ndarray:
         """`UserKNN`'s neighbour support: it reads only the ranking arrays and ``like``, which this class shares."""

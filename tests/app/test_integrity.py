@@ -21,12 +21,9 @@ from tests.fixtures.ports import free_port
 
 
 @pytest.fixture
-def private_root(tmp_path, models_root) -> Path:
-    """A models directory of our own: versions 1 and 2, and 3 (a copy of 2 saved as version 3)."""
-    root = tmp_path / "models"
-    root.mkdir()
-    for v in ("1", "2"):
-        shutil.copytree(models_root / v, root / v)
+def integrity_root(private_root) -> Path:
+    """Versions 1 and 2, and 3 (a copy of 2 saved as version 3)."""
+    root = private_root
     model = Recommender.load(root / "2")
     model.metadata["version"] = 3
     model.save(root / "3")
@@ -63,14 +60,14 @@ def test_tracked_model_checksum_is_read_by_the_app_account(mysql_settings: MySQL
 
 
 def test_rehashed_bundle_is_refused_and_the_current_version_keeps_serving(
-    start_server, mysql_settings: MySQL, private_root: Path
+    start_server, mysql_settings: MySQL, integrity_root: Path
 ) -> None:
-    track(mysql_settings, private_root, 1)
-    original = track(mysql_settings, private_root, 3)
-    pristine = shutil.copytree(private_root / "3", private_root.parent / "pristine-3")
-    alter_and_rehash(private_root / "3")
-    assert bundle.checksum(private_root / "3") != original
-    s = start_server(models_root=private_root, workers=2, extra_env=server_env(mysql_settings))
+    track(mysql_settings, integrity_root, 1)
+    original = track(mysql_settings, integrity_root, 3)
+    pristine = shutil.copytree(integrity_root / "3", integrity_root.parent / "pristine-3")
+    alter_and_rehash(integrity_root / "3")
+    assert bundle.checksum(integrity_root / "3") != original
+    s = start_server(models_root=integrity_root, workers=2, extra_env=server_env(mysql_settings))
     mark = s.log_size()
     s.set_pointer(3)
     s.wait_log(r"model reload refused.*serving=1 .*tracking records " + original + " for version 3", 2, since=mark)
@@ -79,50 +76,50 @@ def test_rehashed_bundle_is_refused_and_the_current_version_keeps_serving(
     assert {s.get(f"/recommend/{u}").headers["X-Model-Version"] for u in range(1, 20)} == {"1"}
     # the original bytes (checksum as tracked) are served
     mark = s.log_size()
-    shutil.rmtree(private_root / "3")
-    shutil.copytree(pristine, private_root / "3")
+    shutil.rmtree(integrity_root / "3")
+    shutil.copytree(pristine, integrity_root / "3")
     s.wait_workers_on(3, since=mark)
     assert s.get("/recommend/5").headers["X-Model-Version"] == "3"
 
 
 def test_rehashed_bundle_at_start_leaves_the_slot_unready_with_the_reason(
-    start_server, mysql_settings: MySQL, private_root: Path
+    start_server, mysql_settings: MySQL, integrity_root: Path
 ) -> None:
-    original = track(mysql_settings, private_root, 3)
-    alter_and_rehash(private_root / "3")
-    s = start_server(models_root=private_root, version=3, workers=1, wait="health",
+    original = track(mysql_settings, integrity_root, 3)
+    alter_and_rehash(integrity_root / "3")
+    s = start_server(models_root=integrity_root, version=3, workers=1, wait="health",
                      extra_env=server_env(mysql_settings))
     ready = s.get("/ready")
     assert ready.status_code == 503 and f"tracking records {original}" in ready.text
     assert s.get("/recommend/5").status_code == 503
 
 
-def test_bundle_matching_its_tracking_row_is_served(start_server, mysql_settings: MySQL, private_root: Path) -> None:
-    track(mysql_settings, private_root, 3)
-    s = start_server(models_root=private_root, version=3, workers=1, extra_env=server_env(mysql_settings))
+def test_bundle_matching_its_tracking_row_is_served(start_server, mysql_settings: MySQL, integrity_root: Path) -> None:
+    track(mysql_settings, integrity_root, 3)
+    s = start_server(models_root=integrity_root, version=3, workers=1, extra_env=server_env(mysql_settings))
     assert s.get("/recommend/5").headers["X-Model-Version"] == "3"
     assert "model not verified against tracking" not in s.log()
 
 
 def test_no_tracking_row_is_served_and_logged_unverified(
-    start_server, mysql_settings: MySQL, private_root: Path
+    start_server, mysql_settings: MySQL, integrity_root: Path
 ) -> None:
-    alter_and_rehash(private_root / "3")  # nothing to compare with: served on its own checksums
-    s = start_server(models_root=private_root, version=3, workers=1, extra_env=server_env(mysql_settings))
+    alter_and_rehash(integrity_root / "3")  # nothing to compare with: served on its own checksums
+    s = start_server(models_root=integrity_root, version=3, workers=1, extra_env=server_env(mysql_settings))
     assert s.get("/recommend/5").headers["X-Model-Version"] == "3"
     s.wait_log(r"model not verified against tracking.*version 3 has no tracking row", 1)
 
 
-def test_mysql_unreachable_still_serves_and_logs_it(start_server, mysql_settings: MySQL, private_root: Path) -> None:
+def test_mysql_unreachable_still_serves_and_logs_it(start_server, mysql_settings: MySQL, integrity_root: Path) -> None:
     down = MySQL(**{**mysql_settings.__dict__, "port": free_port()})
-    s = start_server(models_root=private_root, version=3, workers=1, extra_env=server_env(down))
+    s = start_server(models_root=integrity_root, version=3, workers=1, extra_env=server_env(down))
     assert s.get("/recommend/5").headers["X-Model-Version"] == "3"
     s.wait_log(r"model not verified against tracking.*MySQL did not answer", 1)
 
 
-def test_verification_can_be_switched_off(start_server, mysql_settings: MySQL, private_root: Path) -> None:
-    track(mysql_settings, private_root, 3)
-    alter_and_rehash(private_root / "3")
-    s = start_server(models_root=private_root, version=3, workers=1,
+def test_verification_can_be_switched_off(start_server, mysql_settings: MySQL, integrity_root: Path) -> None:
+    track(mysql_settings, integrity_root, 3)
+    alter_and_rehash(integrity_root / "3")
+    s = start_server(models_root=integrity_root, version=3, workers=1,
                      extra_env=server_env(mysql_settings, MOVIEREC_VERIFY_TRACKING="0"))
     assert s.get("/recommend/5").headers["X-Model-Version"] == "3"

@@ -15,16 +15,6 @@ from tests.fixtures.server import Answer, Load
 SLOW_S = 0.5
 
 
-@pytest.fixture
-def private_root(tmp_path, models_root) -> Path:
-    """A models directory of our own (tests add and break bundles in it): versions 1 and 2."""
-    root = tmp_path / "models"
-    root.mkdir()
-    for v in ("1", "2"):
-        shutil.copytree(models_root / v, root / v)
-    return root
-
-
 def add_version(root: Path, source: str, version: int) -> Path:
     """Save bundle `source` again as a valid `version` (its metadata says so)."""
     model = Recommender.load(root / source)

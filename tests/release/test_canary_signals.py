@@ -7,10 +7,7 @@ the fault drill) must fail the 5xx check while the clients' 400s in the same win
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,24 +20,11 @@ from app.metrics import STATUSES
 from app.settings import Release
 from auto_deployment.release.checks import FAILED, default_checks, judge
 from auto_deployment.release.metrics import Figures, Prometheus, QueryFailed
-from tests.fixtures.receivers import free_port
+from tests.fixtures.prometheus import running_prometheus
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian package prometheus is not installed")
+pytestmark = pytest.mark.services
 
 SLOT = "canary"
-
-
-def _wait_http(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +37,8 @@ def canary(start_server_module, models_root):
 def prometheus(canary, tmp_path_factory) -> Iterator[str]:
     """A Prometheus scraping the canary every second (its slot and version labels kept)."""
     root: Path = tmp_path_factory.mktemp("prometheus-canary")
-    config = root / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: inference\n"
-        "    honor_labels: true\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{canary.port}']}}]\n"
-    )
-    port = free_port()
-    log = (root / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/-/ready", 30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+    with running_prometheus(root, f"127.0.0.1:{canary.port}") as url:
+        yield url
 
 
 def _requests_series(text: str) -> dict[tuple[str, str], float]:

@@ -7,11 +7,8 @@ error and an unknown version must all come back as `NoData` with a reason, never
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +19,10 @@ from app.contracts.topology import Slot, Topology
 from app.settings import Release
 from auto_deployment.release.checks import default_checks, judge
 from auto_deployment.release.metrics import QUERIES, Figures, NoData, Prometheus, QueryFailed, queries
-from tests.fixtures.receivers import free_port
+from tests.fixtures.ports import free_port
+from tests.fixtures.prometheus import running_prometheus
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian package prometheus is not installed")
+pytestmark = pytest.mark.services
 
 TOPOLOGY = Topology()
 TICK_S = 0.05
@@ -63,18 +60,6 @@ class Feeder:
                     self.requests.labels(slot, version, status).inc()
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def prometheus_and_feeder(tmp_path_factory) -> Iterator[tuple[str, Feeder]]:
     """A Prometheus that has scraped the feeder (1 s interval) for a few seconds, and the feeder."""
@@ -83,40 +68,22 @@ def prometheus_and_feeder(tmp_path_factory) -> Iterator[tuple[str, Feeder]]:
     feed = threading.Thread(target=feeder.run, daemon=True)
     feed.start()
     root: Path = tmp_path_factory.mktemp("prometheus")
-    config = root / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: inference\n"
-        "    honor_labels: true\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{feeder.port}']}}]\n"
-    )
-    port = free_port()
-    log = (root / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{url}/-/ready", 30)
-        query = Prometheus(url, TOPOLOGY)
-        deadline = time.monotonic() + 30
-        samples = f'count_over_time(recommend_requests_total{{slot="canary",version="3",status="200"}}[{WINDOW_S}s])'
-        while True:  # until a whole window of 1 s scrapes of the candidate's series is stored
-            try:
-                if query.scalar(samples, time.time()) >= WINDOW_S:
-                    break
-            except QueryFailed:
-                pass
-            assert time.monotonic() < deadline, (root / "prometheus.log").read_text()[-2000:]
-            time.sleep(0.5)
-        yield url, feeder
+        with running_prometheus(root, f"127.0.0.1:{feeder.port}") as url:
+            query = Prometheus(url, TOPOLOGY)
+            deadline = time.monotonic() + 30
+            samples = (f'count_over_time(recommend_requests_total{{slot="canary",version="3",status="200"}}'
+                       f'[{WINDOW_S}s])')
+            while True:  # until a whole window of 1 s scrapes of the candidate's series is stored
+                try:
+                    if query.scalar(samples, time.time()) >= WINDOW_S:
+                        break
+                except QueryFailed:
+                    pass
+                assert time.monotonic() < deadline, (root / "prometheus.log").read_text()[-2000:]
+                time.sleep(0.5)
+            yield url, feeder
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
         feeder.stop.set()
         server.shutdown()
         server_thread.join(timeout=5)
