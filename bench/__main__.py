@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-PARTS = ["model", "server", "pipeline", "scale"]
+PARTS = ["model", "server", "pipeline", "scale", "release", "faults"]
 
 
 def main(argv: list[str]) -> int:
