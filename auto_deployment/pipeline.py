@@ -9,6 +9,9 @@
   is made, so it always holds the data of a version. If the staged data has the checksum of the
   latest version's data, the run stops here: "no new data", exit 0, nobody is notified.
 * **checks**: `auto_deployment.data.checks`; a failed check stops the run with every failed check named.
+  The same step measures drift of the collected window against the latest version's data
+  (`auto_deployment.monitor.drift`), writes the gauges to `<run>/metrics/drift.prom`, and refuses the
+  run on drift when `PIPELINE_REFUSE_ON_DRIFT` is set.
 * **evaluate**: RMSE and MAE on the 80/20 split (seed 42) plus ranking metrics (`evaluate`).
 * **gate**: RMSE below `--rmse-gate` (`PIPELINE_RMSE_GATE`, 1.0) or the run is refused.
   The full model is fitted only after the gate (**train**), so a refused run costs one fit less.
@@ -21,7 +24,10 @@
 
 Every step is logged with its timing (`step started`/`step finished`), and the run report, a JSON
 file `<run>/pipeline/<run id>.json`, is rewritten after every step so progress can be followed.
-A file lock (`<run>/pipeline.lock`) keeps one run at a time across processes; a second run exits
+Reports for people: `<run>/pipeline/<run id>/data.{html,json}` (data quality and drift, after checks)
+and `evaluation.{html,json}` (after evaluate); a run that makes a version copies them into
+`models/<version>/reports/`, so DVC versions them with the bundle. Their paths are in the run
+report's `reports`. A file lock (`<run>/pipeline.lock`) keeps one run at a time across processes; a second run exits
 with `EXIT_LOCKED` at once. On SIGTERM the current step finishes (collecting stops early) and
 the run is abandoned before the next one; the versioning step is never cut in half.
 """
@@ -52,6 +58,7 @@ from app.settings import MySQL, Notify
 from auto_deployment.data.checks import CheckLimits, run_checks
 from auto_deployment.data.ingest import ingest, make_source
 from auto_deployment.model.registry import DATA_FILES, Layout, create_version, latest_version, next_version
+from auto_deployment.monitor.drift import DriftLimits
 from auto_deployment.notices import Notifier, RunSummary, run_notice
 from auto_deployment.release.state import FAILED, PROMOTED, ReleaseResult
 from auto_deployment.release.wiring import ReleaseSettings
@@ -93,6 +100,7 @@ class Options:
     params: dict[str, Any] = field(default_factory=dict)
     events_dir: Path | None = None
     limits: CheckLimits = field(default_factory=CheckLimits)
+    drift: DriftLimits = field(default_factory=DriftLimits)
     keep_work: bool = False
     layout: Layout | None = None
     mysql: MySQL | None = None
@@ -117,6 +125,7 @@ class Options:
             params=parse_params(args.param),
             events_dir=args.events_dir,
             limits=limits,
+            drift=DriftLimits.from_env(),
             keep_work=args.keep_work,
             layout=Layout.from_settings(every.paths, settings),
             mysql=every.mysql,
@@ -152,6 +161,7 @@ class RunReport:
     finished: str = ""
     seconds: float = 0.0
     path: str = ""
+    reports: dict[str, str] = field(default_factory=dict)  # data/evaluation pages and their JSON
 
     def step(self, name: str) -> StepRecord | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -227,6 +237,7 @@ class _Run:
         self.version: int | None = None
         self.bundle: Path | None = None
         self.release_result: ReleaseResult | None = None
+        self.reports_dir = self.layout.run_dir / "pipeline" / run_id
 
     def step(self, name: str, action: Callable[[], dict[str, Any]]) -> None:
         if self.stop.is_set():
@@ -290,14 +301,49 @@ class _Run:
     def checks(self) -> dict[str, Any]:
         new = int(self.prepared.new_ratings + self.prepared.changed_ratings)
         result = run_checks(self.staged, new, self.o.limits)
+        drift = self._data_report(result)
         if not result.passed:
             raise PipelineStop("checks_failed", EXIT_CHECKS, "data checks failed: " + result.summary())
-        return result.to_dict()
+        if drift is not None and drift.drifted and self.o.drift.refuse:
+            raise PipelineStop("checks_failed", EXIT_CHECKS, "data drift (PIPELINE_REFUSE_ON_DRIFT): "
+                               + drift.summary())
+        details = result.to_dict()
+        if drift is not None:
+            details["drift"] = {"drifted": drift.drifted, "summary": drift.summary(),
+                                **{c.name: c.value for c in drift.checks}}
+        return details
+
+    def _data_report(self, checks: Any) -> Any:
+        """Drift of the window against the latest version's data, gauges, and the data-quality page."""
+        from auto_deployment.monitor import drift as drift_mod
+        from auto_deployment.monitor import report as pages
+
+        current = load_tables(self.staged)
+        reference = load_tables(self.layout.data_dir).ratings if (self.layout.data_dir / "ratings.csv").exists() \
+            else None
+        if reference is not None and reference.empty:
+            reference = None
+        drift = None
+        if reference is not None:
+            drift = drift_mod.compute(reference, drift_mod.window_of(reference, current.ratings), self.o.drift)
+            drift_mod.write_gauges(drift, self.layout.run_dir / "metrics" / drift_mod.TEXTFILE)
+            log.info("drift measured", extra=kv(run=self.report.run_id, drifted=drift.drifted,
+                                                **{c.name: c.value for c in drift.checks}))
+        p = self.prepared
+        summary = pages.data_summary(
+            current, reference, events=p.events, rejected=p.rejected, ratings_from_events=p.ratings_from_events,
+            checks=checks, limits=self.o.limits, drift=drift, data_dir=str(self.staged), run_id=self.report.run_id)
+        self.report.reports.update(pages.write_pair(self.reports_dir, "data", summary, pages.data_page(summary)))
+        return drift
 
     def evaluate(self) -> dict[str, Any]:
         from auto_deployment.model.evaluate import evaluate
+        from auto_deployment.monitor import report as pages
 
         report = evaluate(load_tables(self.staged), self.o.params)
+        summary = pages.evaluation_summary(report, run_id=self.report.run_id)
+        self.report.reports.update(pages.write_pair(self.reports_dir, "evaluation", summary,
+                                                    pages.evaluation_page(summary)))
         self.metrics = {"rmse": report["rmse"], "mae": report["mae"], "n_test": report["n_test"],
                         **{k: v for k, v in report["ranking"].items() if k != "users"},
                         "ndcg_lift": report.get("ndcg_lift")}
@@ -316,6 +362,8 @@ class _Run:
         self.version = next_version(self.layout, self.mysql)
         self.bundle = self.work / "bundle"
         model = train_bundle(self.staged, self.bundle, self.version, self.o.params, self.metrics)
+        if self.reports_dir.is_dir():  # versioned with the bundle (not in its checksums: not served)
+            shutil.copytree(self.reports_dir, self.bundle / "reports")
         return {"version": self.version, "train_size": model.metadata.get("train_size"),
                 "fit_seconds": model.metadata.get("fit_seconds")}
 

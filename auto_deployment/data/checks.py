@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.settings import Pipeline
 from app.contracts.tables import FILES, MOVIES, RATINGS, USERS, WATCHES
+from app.settings import Pipeline
 
 COLUMNS = {"ratings": RATINGS, "watches": WATCHES, "users": USERS, "movies": MOVIES}
 KEYS = {"ratings": ["user_id", "movie_id"], "watches": ["user_id", "movie_id"], "users": ["user_id"],

@@ -285,6 +285,9 @@ def ingest(source: LineSource, events_dir: Path, *, batch_id: str | None = None,
     events = batch.events
     rejected = batch.rejected
     complete = False
+    from tqdm import tqdm
+
+    bar = tqdm(desc="ingest", unit="line", unit_scale=True, disable=None, leave=False)  # quiet off a terminal
     try:
         batch.checkpoint()  # the manifest exists from the start: a crashed run is visible as "open"
         for lines in source.batches():
@@ -313,6 +316,7 @@ def ingest(source: LineSource, events_dir: Path, *, batch_id: str | None = None,
                         (stamp, event.user_id, event.server, event.status, _millis(event.response_ms),
                          ",".join(event.movies), event.error or ""))
             batch.lines += len(lines)
+            bar.update(len(lines))
             batch.checkpoint()
             source.commit()
             if 0 < next_progress <= batch.lines:
@@ -325,6 +329,7 @@ def ingest(source: LineSource, events_dir: Path, *, batch_id: str | None = None,
         batch.checkpoint(state="complete")
         complete = True
     finally:
+        bar.close()
         batch.close()
         source.close()
     report = IngestReport(

@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.logs import kv
-from app.settings import Paths
 from app.contracts.tables import (
     RATINGS,
     WATCHES,
@@ -42,6 +40,8 @@ from app.contracts.tables import (
     save_tables,
     write_rejected_counts,
 )
+from app.logs import kv
+from app.settings import Paths
 from auto_deployment.data.ingest import STORE_FILES, committed_files, read_manifests
 
 log = logging.getLogger(__name__)
@@ -203,17 +203,26 @@ class _DistinctMinutes:
                 np.minimum.reduceat(self.first, starts), np.maximum.reduceat(self.last, starts))
 
 
-def aggregate_events(events_dir: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The event store's ratings and watches tables (columns of data.RATINGS / data.WATCHES)."""
+def aggregate_events(events_dir: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                     total: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The event store's ratings and watches tables (columns of data.RATINGS / data.WATCHES).
+
+    `total` (rate + watch events, from the manifests) sizes the progress bar shown on a terminal.
+    """
+    from tqdm import tqdm
+
     codes = _MovieCodes()
     latest = _LatestRatings()
-    for chunk in _chunks(events_dir, "rate", "rating", chunk_rows):
-        latest.add(chunk["user_id"].to_numpy(np.int64), codes.encode(chunk["movie_id"]),
-                   _epoch_us(chunk["time"]), chunk["rating"].to_numpy(np.int64))
-    minutes = _DistinctMinutes()
-    for chunk in _chunks(events_dir, "watch", "minute", chunk_rows):
-        minutes.add(chunk["user_id"].to_numpy(np.int64), codes.encode(chunk["movie_id"]),
-                    _epoch_us(chunk["time"]), chunk["minute"].to_numpy(np.int64))
+    with tqdm(total=total, desc="prepare", unit="event", unit_scale=True, disable=None, leave=False) as bar:
+        for chunk in _chunks(events_dir, "rate", "rating", chunk_rows):
+            latest.add(chunk["user_id"].to_numpy(np.int64), codes.encode(chunk["movie_id"]),
+                       _epoch_us(chunk["time"]), chunk["rating"].to_numpy(np.int64))
+            bar.update(len(chunk))
+        minutes = _DistinctMinutes()
+        for chunk in _chunks(events_dir, "watch", "minute", chunk_rows):
+            minutes.add(chunk["user_id"].to_numpy(np.int64), codes.encode(chunk["movie_id"]),
+                        _epoch_us(chunk["time"]), chunk["minute"].to_numpy(np.int64))
+            bar.update(len(chunk))
     ratings = pd.DataFrame({
         "user_id": latest.user, "movie_id": pd.Series(codes.decode(latest.movie), dtype="str"),
         "rating": latest.rating.astype("float64"), "timestamp": latest.time // _US_PER_S,
@@ -285,7 +294,8 @@ def prepare(events_dir: Path, data_dir: Path, *, chunk_rows: int = DEFAULT_CHUNK
     report.events = dict(sorted(events.items()))
     report.rejected = dict(sorted(rejected.items()))
 
-    new_ratings, new_watches = (aggregate_events(events_dir, chunk_rows) if manifests
+    new_ratings, new_watches = (aggregate_events(events_dir, chunk_rows, events.get("rate", 0) + events.get("watch", 0))
+                                if manifests
                                 else (pd.DataFrame(columns=RATINGS), pd.DataFrame(columns=WATCHES)))
     tables = load_tables(data_dir)
     ratings, report.new_ratings, report.changed_ratings = merge_ratings(tables.ratings, new_ratings)

@@ -6,6 +6,9 @@
   user, the last 20% of their ratings by time is the test set; relevant = test rating ≥ 4), for
   our top-20 and for plain popularity, because a good RMSE says little about a good list.
 * RMSE per gender, age band and occupation, so a model that fails one group is seen.
+* from `auto_deployment.model.quality`: 95 % intervals of RMSE, MAE and NDCG; novelty, intra-list
+  diversity and popularity bias of the lists (ours beside popularity); fairness: RMSE and NDCG per
+  group with intervals, the gap to the overall figure and whether it is significant.
 
 `python -m auto_deployment evaluate` prints a table for people, `--json` for machines.
 """
@@ -29,6 +32,7 @@ from app.contracts.tables import Tables, load_tables
 from app.logs import kv
 from app.model import Recommender
 from app.settings import Paths
+from auto_deployment.model import quality
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +69,28 @@ def temporal_split(ratings: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.D
     return r[~is_test], r[is_test]
 
 
-def rmse_report(model: Recommender, test: pd.DataFrame) -> dict[str, float]:
-    est = np.array([model.predict(u, m) for u, m in zip(test["user_id"], test["movie_id"], strict=True)])
+def predictions(model: Recommender, test: pd.DataFrame, progress: bool = False) -> np.ndarray:
+    """The model's estimate of every test rating (a bar on a terminal: this is the slow loop)."""
+    from tqdm import tqdm
+
+    pairs = zip(test["user_id"], test["movie_id"], strict=True)
+    return np.array([model.predict(u, m) for u, m in tqdm(pairs, total=len(test), desc="predict", unit="rating",
+                                                             disable=None if progress else True, leave=False)],
+                    dtype=float)
+
+
+def rmse_report(model: Recommender, test: pd.DataFrame, est: np.ndarray | None = None) -> dict[str, float]:
+    est = predictions(model, test) if est is None else est
     err = est - test["rating"].to_numpy(float)
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))), "n_test": len(test)}
 
 
-def group_rmse(model: Recommender, test: pd.DataFrame, users: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def group_rmse(model: Recommender, test: pd.DataFrame, users: pd.DataFrame,
+               est: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """RMSE per gender, age band and occupation (fairness): `{dimension: {group: {rmse, n}}}`."""
     if users is None or users.empty:
         return {}
-    est = np.array([model.predict(u, m) for u, m in zip(test["user_id"], test["movie_id"], strict=True)])
+    est = predictions(model, test) if est is None else est
     frame = test.assign(sq=(est - test["rating"].to_numpy(float)) ** 2)
     frame = frame.merge(users[["user_id", "age", "gender", "occupation"]], on="user_id", how="left")
     frame["age_band"] = frame["age"].map(_age_band)
@@ -83,6 +98,33 @@ def group_rmse(model: Recommender, test: pd.DataFrame, users: pd.DataFrame) -> d
     for dim in ("gender", "age_band", "occupation"):
         groups = frame.fillna({dim: "unknown"}).groupby(dim)["sq"]
         out[dim] = {str(k): {"rmse": float(math.sqrt(v.mean())), "n": len(v)} for k, v in groups}
+    return out
+
+
+DIMENSIONS = ("gender", "age_band", "occupation")
+
+
+def user_groups(users: pd.DataFrame) -> pd.DataFrame:
+    """user_id → gender, age band, occupation (missing → "unknown")."""
+    frame = users[["user_id", "age", "gender", "occupation"]].copy()
+    frame["age_band"] = frame["age"].map(_age_band)
+    return frame[["user_id", *DIMENSIONS]].fillna({d: "unknown" for d in DIMENSIONS})
+
+
+def fairness(test: pd.DataFrame, est: np.ndarray, ndcg_per_user: dict[int, float],
+             users: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{dimension: {group: {"rmse": ..., "ndcg": ...}}}`: each figure with interval, gap, p, flag."""
+    if users is None or users.empty:
+        return {}
+    groups = user_groups(users)
+    errors = test[["user_id"]].assign(err=est - test["rating"].to_numpy(float)).merge(groups, on="user_id", how="left")
+    ndcg = pd.DataFrame({"user_id": list(ndcg_per_user), "ndcg": list(ndcg_per_user.values())})
+    ndcg = ndcg.astype({"user_id": "int64"}).merge(groups, on="user_id", how="left")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for dim in DIMENSIONS:
+        rmse = quality.group_gaps(errors["err"], errors[dim].fillna("unknown"), "rmse")
+        by_ndcg = quality.group_gaps(ndcg["ndcg"], ndcg[dim].fillna("unknown"), "mean") if len(ndcg) else {}
+        out[dim] = {g: {"rmse": rmse.get(g), "ndcg": by_ndcg.get(g)} for g in sorted(set(rmse) | set(by_ndcg))}
     return out
 
 
@@ -96,15 +138,25 @@ def _age_band(age: float) -> str:
 
 
 def ranking_report(
-    recommend: Callable[[int], list[str]], train: pd.DataFrame, test: pd.DataFrame, n_movies: int, n: int = TOP_N
+    recommend: Callable[[int], list[str]], train: pd.DataFrame, test: pd.DataFrame, n_movies: int, n: int = TOP_N,
+    details: dict[str, Any] | None = None, progress: bool = False,
 ) -> dict[str, float]:
-    """Precision, recall, NDCG, hit rate at n over users with a relevant test movie; coverage."""
+    """Precision, recall, NDCG, hit rate at n over users with a relevant test movie; coverage.
+
+    `details`, when given, receives each user's list (``lists``) and NDCG (``ndcg``) for the
+    figures of `quality` (exposure, per-group NDCG).
+    """
+    from tqdm import tqdm
+
     relevant = test[test["rating"] >= RELEVANT].groupby("user_id")["movie_id"].apply(set)
     precision, recall, ndcg, hits = [], [], [], []
     shown: set[str] = set()
     discounts = 1.0 / np.log2(np.arange(2, n + 2))
-    for user, items in relevant.items():
+    lists: dict[int, list[str]] = {}
+    for user, items in tqdm(relevant.items(), total=len(relevant), desc="rank", unit="user",
+                            disable=None if progress else True, leave=False):
         lst = recommend(int(user))[:n]
+        lists[int(user)] = lst
         shown.update(lst)
         gains = np.array([1.0 if m in items else 0.0 for m in lst])
         found = gains.sum()
@@ -113,6 +165,9 @@ def ranking_report(
         hits.append(1.0 if found else 0.0)
         idcg = discounts[: min(len(items), n)].sum()
         ndcg.append(float((gains * discounts[: len(gains)]).sum() / idcg))
+    if details is not None:
+        details["lists"] = lists
+        details["ndcg"] = dict(zip(lists, ndcg, strict=True))
     return {
         f"precision@{n}": float(np.mean(precision)) if precision else 0.0,
         f"recall@{n}": float(np.mean(recall)) if recall else 0.0,
@@ -154,19 +209,37 @@ def evaluate(tables: Tables, params: dict[str, Any] | None = None, progress: boo
     t0 = time.perf_counter()
     model = Recommender.train(train, users, movies, materialise=False, **params)  # only predicts: the RMSE
     fit_s = time.perf_counter() - t0
-    accuracy = rmse_report(model, test)
+    est = predictions(model, test, progress)
+    accuracy = rmse_report(model, test, est)
     say("rating split: scored", extra=kv(rmse=accuracy["rmse"], mae=accuracy["mae"], fit_s=fit_s))
-    groups = group_rmse(model, test, users)
+    groups = group_rmse(model, test, users, est)
 
     say("temporal split: training on each user's earliest 80%")
     t_train, t_test = temporal_split(ratings)
     t_model = Recommender.train(t_train, users, movies, **params)
     n_movies = int(ratings["movie_id"].nunique())
-    ours = ranking_report(t_model.recommend, t_train, t_test, n_movies)
-    popular = ranking_report(popularity_recommender(t_train), t_train, t_test, n_movies)
+    ours_details: dict[str, Any] = {}
+    popular_details: dict[str, Any] = {}
+    ours = ranking_report(t_model.recommend, t_train, t_test, n_movies, details=ours_details, progress=progress)
+    popular = ranking_report(popularity_recommender(t_train), t_train, t_test, n_movies, details=popular_details,
+                             progress=progress)
     say("temporal split: scored", extra=kv(ndcg=ours[f"ndcg@{TOP_N}"], popularity_ndcg=popular[f"ndcg@{TOP_N}"]))
+    raters = t_train.groupby("movie_id")["user_id"].nunique().to_dict()
+    genres = quality.genre_sets(movies)
+    catalogue = ratings["movie_id"].astype(str).unique()
+    n_users = int(t_train["user_id"].nunique())
     return {
         **accuracy,
+        "intervals": {
+            **quality.accuracy_intervals(est - test["rating"].to_numpy(float)),
+            f"ndcg@{TOP_N}": quality.mean_interval(list(ours_details["ndcg"].values())),
+            f"popularity_ndcg@{TOP_N}": quality.mean_interval(list(popular_details["ndcg"].values())),
+        },
+        "exposure": {
+            "ours": quality.exposure(ours_details["lists"].values(), catalogue, raters, genres, n_users),
+            "popularity": quality.exposure(popular_details["lists"].values(), catalogue, raters, genres, n_users),
+        },
+        "fairness": fairness(test, est, ours_details["ndcg"], users),
         "ranking": ours,
         "popularity": popular,
         "ndcg_lift": ours[f"ndcg@{TOP_N}"] / popular[f"ndcg@{TOP_N}"] if popular[f"ndcg@{TOP_N}"] else None,
@@ -191,10 +264,23 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{key:<26}{report['ranking'][key]:>10.4f}{report['popularity'][key]:>12.4f}")
     if report.get("ndcg_lift"):
         lines.append(f"{'NDCG lift over popularity':<26}{report['ndcg_lift']:>10.2f}x")
+    exposure = report.get("exposure") or {}
+    for key in (exposure.get("ours") or {}):
+        ours, popular = exposure["ours"][key], exposure["popularity"][key]
+        lines.append(f"{key:<26}{_num(ours):>10}{_num(popular):>12}")
+    intervals = report.get("intervals") or {}
+    if intervals:
+        lines.append("")
+        lines.append("95% intervals: " + ", ".join(
+            f"{k} [{_num(v['low'])}, {_num(v['high'])}]" for k, v in intervals.items()))
     for dim, groups in report.get("groups", {}).items():
         lines.append("")
         lines.append(f"RMSE by {dim}: " + ", ".join(f"{g} {v['rmse']:.3f} (n={v['n']})" for g, v in groups.items()))
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
