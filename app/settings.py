@@ -312,7 +312,36 @@ class Pipeline:
         )
 
 
-SECTIONS = (Paths, Serving, MySQL, Monitoring, Kafka, Notify, Release, Pipeline)
+@dataclass(frozen=True)
+class Drift:
+    """Drift thresholds (auto_deployment.monitor.drift): PSI > 0.2 is the usual "significant shift",
+    a Jensen-Shannon distance > 0.1 Evidently's default; tests build the section with its defaults."""
+
+    psi_max: float = _doc("DRIFT_PSI_MAX", "drift: largest population stability index (ratings, popularity)", 0.2)
+    js_max: float = _doc("DRIFT_JS_MAX", "drift: largest Jensen-Shannon distance (ratings, popularity)", 0.1)
+    unknown_users_max: float = _doc("DRIFT_UNKNOWN_USERS_MAX", "drift: largest share of ratings by unknown users "
+                                    "(new users arrive all the time)", 0.5)
+    unknown_movies_max: float = _doc("DRIFT_UNKNOWN_MOVIES_MAX", "drift: largest share of unknown movies", 0.05)
+    activity_ratio_max: float = _doc("DRIFT_ACTIVITY_RATIO_MAX", "drift: ratings per active user may change by "
+                                     "at most this factor, either way", 3.0)
+    min_ratings: int = _doc("DRIFT_MIN_RATINGS", "drift: a smaller window is reported, never flagged", 100)
+    refuse: bool = _doc("PIPELINE_REFUSE_ON_DRIFT", "a pipeline run stops before training on drifted data", False)
+
+    @classmethod
+    def from_env(cls) -> Drift:
+        d = cls()
+        return cls(
+            psi_max=_env_float("DRIFT_PSI_MAX", d.psi_max),
+            js_max=_env_float("DRIFT_JS_MAX", d.js_max),
+            unknown_users_max=_env_float("DRIFT_UNKNOWN_USERS_MAX", d.unknown_users_max),
+            unknown_movies_max=_env_float("DRIFT_UNKNOWN_MOVIES_MAX", d.unknown_movies_max),
+            activity_ratio_max=_env_float("DRIFT_ACTIVITY_RATIO_MAX", d.activity_ratio_max),
+            min_ratings=_env_int("DRIFT_MIN_RATINGS", d.min_ratings),
+            refuse=_env_bool("PIPELINE_REFUSE_ON_DRIFT", d.refuse),
+        )
+
+
+SECTIONS = (Paths, Serving, MySQL, Monitoring, Kafka, Notify, Release, Pipeline, Drift)
 
 
 def describe() -> str:

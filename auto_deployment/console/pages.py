@@ -122,7 +122,7 @@ def online_quality(console: Console) -> OnlineQuality:
         return OnlineQuality([], log, f"no event log at {log} (CONSOLE_EVENT_LOG)", time.monotonic())
     attributor = online_eval.ProvenanceAttributor(console.mysql)
     runtimes = online_eval.load_runtimes(console.data_dir)
-    with online_eval._tail(log, console.event_log_mb) as fh:
+    with online_eval.open_tail(log, console.event_log_mb) as fh:
         summary = online_eval.report(fh, attributor, runtimes, now=time.time())
     rows = [{"version": v, "slot": s, **m} for (v, s), m in summary.items()]
     rows.sort(key=lambda r: (_version_key(r["version"]), r["slot"]), reverse=True)

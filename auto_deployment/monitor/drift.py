@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
-from app.settings import _env_bool, _env_float, _env_int
+from app.settings import Drift
 
 EPS = 1e-4
 RATING_VALUES = (1, 2, 3, 4, 5)
@@ -44,30 +44,8 @@ GAUGE_PREFIX = "movierec_drift"
 TEXTFILE = "drift.prom"
 
 
-@dataclass(frozen=True)
-class DriftLimits:
-    """Drift thresholds; `from_env` is the edge that reads them (documented in the README)."""
-
-    psi_max: float = 0.2  # DRIFT_PSI_MAX
-    js_max: float = 0.1  # DRIFT_JS_MAX
-    unknown_users_max: float = 0.5  # DRIFT_UNKNOWN_USERS_MAX: new users arrive all the time
-    unknown_movies_max: float = 0.05  # DRIFT_UNKNOWN_MOVIES_MAX
-    activity_ratio_max: float = 3.0  # DRIFT_ACTIVITY_RATIO_MAX: either way (×3 or ÷3)
-    min_ratings: int = 100  # DRIFT_MIN_RATINGS
-    refuse: bool = False  # PIPELINE_REFUSE_ON_DRIFT: a run stops before training on drifted data
-
-    @classmethod
-    def from_env(cls) -> DriftLimits:
-        d = cls()
-        return cls(
-            psi_max=_env_float("DRIFT_PSI_MAX", d.psi_max),
-            js_max=_env_float("DRIFT_JS_MAX", d.js_max),
-            unknown_users_max=_env_float("DRIFT_UNKNOWN_USERS_MAX", d.unknown_users_max),
-            unknown_movies_max=_env_float("DRIFT_UNKNOWN_MOVIES_MAX", d.unknown_movies_max),
-            activity_ratio_max=_env_float("DRIFT_ACTIVITY_RATIO_MAX", d.activity_ratio_max),
-            min_ratings=_env_int("DRIFT_MIN_RATINGS", d.min_ratings),
-            refuse=_env_bool("PIPELINE_REFUSE_ON_DRIFT", d.refuse),
-        )
+# The thresholds are a section of app.settings (one place for every variable and its default).
+DriftLimits = Drift
 
 
 @dataclass

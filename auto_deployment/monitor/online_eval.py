@@ -260,14 +260,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _compute(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
     attributor: Attributor = ServerAttributor() if args.no_provenance else ProvenanceAttributor(MySQL.from_env())
     runtimes = load_runtimes(args.data_dir or Paths.from_env().data_dir)
-    with _tail(args.log, args.tail_mb) as fh:
+    with open_tail(args.log, args.tail_mb) as fh:
         try:
             return report(fh, attributor, runtimes, args.window, args.settle, now=time.time())
         except Exception as exc:  # MySQL unreachable: say so, fall back to the server field
             if isinstance(attributor, ServerAttributor):
                 raise
             log.warning("provenance unreachable; grouping by server", extra=kv(error=exc))
-    with _tail(args.log, args.tail_mb) as fh:
+    with open_tail(args.log, args.tail_mb) as fh:
         return report(fh, ServerAttributor(), runtimes, args.window, args.settle, now=time.time())
 
 
@@ -280,7 +280,7 @@ def _log_refresh(summary: dict[tuple[str, str], dict]) -> None:
         groups=";".join(f"{v}/{s}={m['lists']}" for (v, s), m in summary.items())))
 
 
-def _tail(path: Path, megabytes: float):
+def open_tail(path: Path, megabytes: float):
     """The log from `megabytes` before its end, starting at a whole line."""
     fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (returned as a context manager)
     size = path.stat().st_size
