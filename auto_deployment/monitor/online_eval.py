@@ -255,6 +255,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=duration_arg, default=30.0, help="refresh period with --serve (30s, 1m, ...)")
     parser.add_argument("--tail-mb", type=float, default=64.0,
                         help="evaluate only the last this-many MB of the log (a live log keeps growing)")
+    parser.add_argument("--textfiles", type=Path, default=None,
+                        help="with --serve, also expose the *.prom gauge files of this folder, re-read at each "
+                             "scrape (default <run>/metrics: the pipeline's drift gauges)")
 
 
 def _compute(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
@@ -291,6 +294,29 @@ def open_tail(path: Path, megabytes: float):
     return fh
 
 
+class TextfileCollector:
+    """Exposes the gauges of every `*.prom` file in a folder, re-read at each scrape.
+
+    The pipeline is a short-lived job: it writes its gauges (drift) to a text file, and this long-running
+    exporter, which Prometheus already scrapes, serves them (node-exporter's textfile idea, without a second
+    exporter). A file that does not parse is skipped and logged, never fatal to the scrape.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for path in sorted(self.folder.glob("*.prom")) if self.folder.is_dir() else []:
+            try:
+                families = list(text_string_to_metric_families(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("gauge file skipped", extra=kv(file=path, error=str(exc)))
+                continue
+            yield from families
+
+
 def main(args: argparse.Namespace) -> int:
     if not args.log.exists():
         print(f"report online: no log at {args.log}", file=sys.stderr)
@@ -312,6 +338,9 @@ def main(args: argparse.Namespace) -> int:
                             ["version", "slot"]),
         "lists": Gauge("online_eval_lists", "served lists evaluated", ["version", "slot"]),
     }
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(TextfileCollector(args.textfiles or Paths.from_env().run_dir / "metrics"))
     start_http_server(args.serve, addr="127.0.0.1")
     log.info("serving online evaluation gauges", extra=kv(port=args.serve, every_s=args.every))
     while True:
