@@ -22,6 +22,10 @@ Default sizes: 2,000 users × 1,500 movies × 150,000 ratings (density 5 %, 75 r
 average). That is the density of MovieLens-100k (6.3 %), so models and thresholds tuned on one
 transfer to the other, while the user × user similarity matrix of the served model stays small
 (2,000² float64 = 32 MB) and training takes seconds on two cores.
+
+``generate`` and ``history`` hold users × movies arrays (fine up to tens of thousands of users); the
+real service's 1M users × 27k movies are built by ``simulator.world_scale`` into this same class, whose
+``taste_at`` / ``true_ratings_at`` answer true tastes of any pairs by factor dot products.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -134,12 +139,13 @@ class World:
     rate_probability: float = 0.4
     start_time: int = 1_672_531_200  # 2023-01-01T00:00:00Z
     period_days: int = 365
-    _uidx: dict[int, int] = field(default_factory=dict, repr=False)
-    _midx: dict[str, int] = field(default_factory=dict, repr=False)
+    _uidx: pd.Index = field(init=False, repr=False)
+    _midx: pd.Index = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._uidx = {int(u): i for i, u in enumerate(self.users["user_id"].to_numpy())}
-        self._midx = {str(m): j for j, m in enumerate(self.movies["movie_id"].to_numpy())}
+        # hash indexes, not dicts: a million-user world (simulator.world_scale) looks ids up in bulk
+        self._uidx = pd.Index(self.users["user_id"].to_numpy(dtype=np.int64))
+        self._midx = pd.Index(self.movies["movie_id"].astype(str).to_numpy(dtype=object))
         self._minor = self.users["age"].to_numpy() < 18
         self._adult = self.movies["adult"].to_numpy(dtype=bool)
         self._runtime = self.movies["runtime"].to_numpy(dtype=float)
@@ -286,11 +292,47 @@ class World:
         return 1.0 + 4.0 * _sigmoid(z)
 
     def user_index(self, user_ids: np.ndarray | list[int] | int) -> np.ndarray:
-        return np.array([self._uidx[int(u)] for u in np.atleast_1d(user_ids)], dtype=np.int64)
+        """Row of each user id in ``users`` (KeyError for an unknown id)."""
+        return _positions(self._uidx, np.atleast_1d(np.asarray(user_ids)).astype(np.int64))
 
     def movie_index(self, movie_ids: np.ndarray | list[str] | str) -> np.ndarray:
-        return np.array([self._midx[str(m)] for m in np.atleast_1d(np.asarray(movie_ids, dtype=object))],
-                        dtype=np.int64)
+        """Row of each movie id in ``movies`` (KeyError for an unknown id)."""
+        ids = np.atleast_1d(np.asarray(movie_ids, dtype=object)).astype(str).astype(object)
+        return _positions(self._midx, ids)
+
+    @cached_property
+    def _pair_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Users' and movies' taste as one float32 vector each: ``[factors/√d, genres]·[factors, genres]``."""
+        d = self.user_factors.shape[1]
+        users = np.hstack([self.user_factors / np.sqrt(d), self.user_genre]) * self.taste_scale
+        return users.astype(np.float32), np.hstack([self.movie_factors, self.movie_genre]).astype(np.float32)
+
+    def taste_at(self, ui: np.ndarray, mj: np.ndarray, block: int = 1 << 18) -> np.ndarray:
+        """Hidden taste of aligned (user row, movie row) pairs: one dot product of factors each, no matrix.
+
+        The fast form of the taste in ``true_ratings`` (float32 vectors, equal within 1e-5): costs
+        O(pairs × (factors + genres)) and holds at most ``block`` pairs' vectors at once, so tens of
+        millions of pairs of a million-user world take seconds. ``simulator.world_scale`` generates
+        histories from it; the feedback loop and ``bench scale`` score lists against it. Rows are
+        positions in ``users``/``movies`` (see ``user_index``); returns float64.
+        """
+        users, movies = self._pair_vectors
+        ui, mj = np.asarray(ui, dtype=np.int64), np.asarray(mj, dtype=np.int64)
+        out = np.empty(ui.shape, dtype=np.float64)
+        flat_u, flat_m, flat_o = ui.reshape(-1), mj.reshape(-1), out.reshape(-1)
+        for lo in range(0, flat_u.size, block):
+            sl = slice(lo, lo + block)
+            flat_o[sl] = np.einsum("ij,ij->i", np.take(users, flat_u[sl], axis=0), np.take(movies, flat_m[sl], axis=0))
+        return out
+
+    def true_ratings_at(self, ui: np.ndarray, mj: np.ndarray, taste: np.ndarray | None = None) -> np.ndarray:
+        """``true_ratings`` by row positions, the fast way: ``1 + 4·sigmoid(mu + biases + taste_at)``.
+
+        ``taste``: the pairs' ``taste_at`` when the caller already has it.
+        """
+        ui, mj = np.asarray(ui, dtype=np.int64), np.asarray(mj, dtype=np.int64)
+        taste = self.taste_at(ui, mj) if taste is None else taste
+        return 1.0 + 4.0 * _sigmoid(self.mu + self.user_bias[ui] + self.movie_quality[mj] + taste)
 
     def true_rating(self, user_id: int, movie_id: str) -> float:
         """The rating (1..5, float) this user would give this movie if asked without noise."""
@@ -320,8 +362,8 @@ class World:
         """The next ``n`` distinct movies this user chooses to watch (popularity and taste), skipping ``exclude``."""
         logw = self._log_weights(self.user_index(user_id))[0]
         if exclude:
-            idx = [self._midx[m] for m in exclude if m in self._midx]
-            logw[idx] = -np.inf
+            idx = self._midx.get_indexer(np.array(sorted(exclude), dtype=object))
+            logw[idx[idx >= 0]] = -np.inf
         keys = logw + rng.gumbel(size=logw.shape)
         order = np.argsort(-keys, kind="stable")
         order = order[np.isfinite(keys[order])][:n]
@@ -402,6 +444,14 @@ class World:
         log.info("history generated", extra=kv(seed=seed, ratings=len(ratings), watches=len(watches),
                                                seconds=round(time.perf_counter() - started, 3)))
         return ratings, watches
+
+
+def _positions(index: pd.Index, ids: np.ndarray) -> np.ndarray:
+    """Positions of ``ids`` in a unique ``index``; an id it does not hold is a KeyError, as with a dict."""
+    pos = index.get_indexer(ids)
+    if (pos < 0).any():
+        raise KeyError(ids[pos < 0][0])
+    return pos.astype(np.int64, copy=False)
 
 
 def movielens_world(cache_dir: str | None = None, seed: int = 0) -> World:
