@@ -3,6 +3,10 @@
   traffic   a population of users: recommendation requests, then watching and rating, with the
             event log written to a file, stdout or Kafka (design section 3 formats)
   load      `/recommend` at a target rate: live progress and a latency / version-share summary
+  loop      the feedback loop offline (no platform needed): serve → watch/rate → retrain for N rounds,
+            our model beside popularity, with a JSON + HTML report (`simulator.loop`)
+  world     write the data tables of a generated world of any size, up to the real 1M users × 27k
+            movies (`simulator.world_scale`); `traffic`/`load --world-dir DIR` then play it
 
 Both are deterministic given `--seed`, bounded by `--duration` (and a count), and only talk to
 loopback unless `--allow-remote` is given.
@@ -16,8 +20,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from app.settings import Kafka, Monitoring
+from simulator import world_scale
 from simulator.load import ensure_loopback, run_load
 from simulator.population import Population, run_traffic
 from simulator.world import World, movielens_world
@@ -89,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="whose users play: the seeded world's, or MovieLens-100k's with fitted tastes "
                              "(serve a model trained on MovieLens for that)")
         sp.add_argument("--world-seed", type=int, default=0, help="seed of the world (must match the data)")
+        sp.add_argument("--world-dir", type=Path, default=None,
+                        help="play the world written there by `python -m simulator world` (overrides --world)")
         sp.add_argument("--rate", type=float, default=20.0, help="sessions or requests per second")
         sp.add_argument("--duration", type=float, default=60.0, help="seconds to run (bounded)")
         sp.add_argument("--concurrency", type=int, default=16, help="parallel clients")
@@ -102,17 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.choices["load"]
     load.add_argument("--max-requests", type=int, default=None, help="stop after this many requests")
     load.add_argument("--unknown-share", type=float, default=0.0, help="share of never-seen user ids")
+    world_scale.add_parser(sub)
+    from simulator import loop
+
+    loop.add_arguments(sub.add_parser("loop", help="feedback loop: serve → watch/rate → retrain, ours vs popularity",
+                                      description=loop.__doc__.splitlines()[0]))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mode == "world":
+        return world_scale.run(args)
+    if args.mode == "loop":
+        from simulator.loop import run_cli
+
+        return run_cli(args)
     try:
         ensure_loopback(args.url, args.allow_remote)
     except ValueError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
-    world = movielens_world(seed=args.world_seed) if args.world == "movielens" else World.generate(seed=args.world_seed)
+    if args.world_dir is not None:
+        world = world_scale.load_world(args.world_dir)
+    elif args.world == "movielens":
+        world = movielens_world(seed=args.world_seed)
+    else:
+        world = World.generate(seed=args.world_seed)
     if args.mode == "traffic":
         emit, close = _sinks(args.out, args.topic)
         population = Population(world, seed=args.seed, new_user_share=args.new_user_share)

@@ -293,10 +293,14 @@ class World:
 
     def user_index(self, user_ids: np.ndarray | list[int] | int) -> np.ndarray:
         """Row of each user id in ``users`` (KeyError for an unknown id)."""
+        if np.ndim(user_ids) == 0:  # the traffic's per-session lookup: a hash probe, not a new array index
+            return np.array([_position(self._uidx, int(user_ids))], dtype=np.int64)
         return _positions(self._uidx, np.atleast_1d(np.asarray(user_ids)).astype(np.int64))
 
     def movie_index(self, movie_ids: np.ndarray | list[str] | str) -> np.ndarray:
         """Row of each movie id in ``movies`` (KeyError for an unknown id)."""
+        if np.ndim(movie_ids) == 0:
+            return np.array([_position(self._midx, str(movie_ids))], dtype=np.int64)
         ids = np.atleast_1d(np.asarray(movie_ids, dtype=object)).astype(str).astype(object)
         return _positions(self._midx, ids)
 
@@ -444,6 +448,14 @@ class World:
         log.info("history generated", extra=kv(seed=seed, ratings=len(ratings), watches=len(watches),
                                                seconds=round(time.perf_counter() - started, 3)))
         return ratings, watches
+
+
+def _position(index: pd.Index, key: int | str) -> int:
+    """Position of one id in a unique ``index`` (KeyError when absent)."""
+    pos = index.get_loc(key)
+    if not isinstance(pos, int):  # a slice or mask only for a non-unique index, which ours never is
+        raise KeyError(key)
+    return pos
 
 
 def _positions(index: pd.Index, ids: np.ndarray) -> np.ndarray:
