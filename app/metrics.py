@@ -13,11 +13,13 @@ follow from it, and where they are kept:
 
 What the release controller and alerts query (names and labels are a contract):
 
-* ``recommend_latency_seconds{slot,version,status}`` histogram of ``/recommend`` answers, buckets
+* ``recommend_latency_seconds{slot,version,status,traffic}`` histogram of ``/recommend`` answers, buckets
   from 1 ms to 1 s; average latency of a slot = ``sum(rate(..._sum{slot="canary",status="200"}[W]))
   / sum(rate(..._count{...}[W]))``;
-* ``recommend_requests_total{slot,version,status}``: error ratio = 5xx / all (4xx are the client's); the
+* ``recommend_requests_total{slot,version,status,traffic}``: error ratio = 5xx / all (4xx are the client's); the
   series of every status in `STATUSES` exist at 0 from the moment a version is swapped in (`ServingMetrics.touch`);
+  ``traffic`` is ``live``, or ``shadow`` for the copies NGINX mirrors to the canary during a release's shadow
+  step (their answers are discarded: alerts on what users see filter ``traffic="live"``);
 * ``recommend_cold_start_total{slot,version}``: answers that used the cold-start ranking;
 * ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dead_lettered`` | ``dropped``
   (every row ends written, dead-lettered or dropped; ``spooled`` counts rows passing through the disk);
@@ -55,6 +57,8 @@ LATENCY_BUCKETS = (
 NO_VERSION = "none"
 OUTCOMES = ROW_OUTCOMES  # provenance_rows_total{outcome}
 STATUSES = ("200", "400", "500", "503")  # what /recommend answers; each series exists at 0 from the swap on
+LIVE, SHADOW = "live", "shadow"
+TRAFFIC = (LIVE, SHADOW)  # recommend_*{traffic}: users' requests, or NGINX's mirrored copies (shadow step)
 
 
 def ensure_multiproc_dir(serving: Serving) -> bool:
@@ -108,11 +112,13 @@ class ServingMetrics:
         self._gauges = {name: m[f"provenance_{name}"] for name in _PROVENANCE_GAUGES}
         self._model_info = m["model_info"]
 
-    def observe_recommend(self, version: str, status: int, seconds: float, cold: bool = False) -> None:
-        labels = {"slot": self.slot, "version": version or NO_VERSION, "status": str(status)}
+    def observe_recommend(self, version: str, status: int, seconds: float, cold: bool = False,
+                          shadow: bool = False) -> None:
+        labels = {"slot": self.slot, "version": version or NO_VERSION, "status": str(status),
+                  "traffic": SHADOW if shadow else LIVE}
         self._latency.labels(**labels).observe(seconds)
         self._requests.labels(**labels).inc()
-        if cold and status == 200:
+        if cold and status == 200 and not shadow:
             self._cold.labels(slot=self.slot, version=labels["version"]).inc()
 
     def provenance_event(self, name: str, value: float) -> None:
@@ -140,9 +146,10 @@ class ServingMetrics:
         """
         v = version or NO_VERSION
         for status in STATUSES:
-            labels = {"slot": self.slot, "version": v, "status": status}
-            self._requests.labels(**labels)
-            self._latency.labels(**labels)
+            for traffic in TRAFFIC:
+                labels = {"slot": self.slot, "version": v, "status": status, "traffic": traffic}
+                self._requests.labels(**labels)
+                self._latency.labels(**labels)
         for outcome in OUTCOMES:
             self._provenance.labels(slot=self.slot, outcome=outcome)
         for kind in FAILURE_KINDS:
@@ -170,14 +177,14 @@ def _objects() -> dict:
         _OBJECTS.update(
             latency=Histogram(
                 "recommend_latency_seconds",
-                "Time to answer GET /recommend/<user>, by slot, model version and HTTP status",
-                ["slot", "version", "status"],
+                "Time to answer GET /recommend/<user>, by slot, model version, HTTP status and traffic (live|shadow)",
+                ["slot", "version", "status", "traffic"],
                 buckets=LATENCY_BUCKETS,
             ),
             requests=Counter(
                 "recommend_requests_total",
-                "Answers to GET /recommend/<user>, by slot, model version and HTTP status",
-                ["slot", "version", "status"],
+                "Answers to GET /recommend/<user>, by slot, model version, HTTP status and traffic (live|shadow)",
+                ["slot", "version", "status", "traffic"],
             ),
             cold=Counter(
                 "recommend_cold_start_total",

@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from app.contracts import bundle
+from app.contracts.topology import SHADOW_HEADER
 from app.logs import kv, setup_logging
 from app.metrics import NO_VERSION, ServingMetrics, install_exporter
 from app.settings import MySQL, Paths, Serving
@@ -260,10 +261,16 @@ def _printable(text: str, limit: int = 100) -> str:
     return text[:limit].encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
 
 
+def _is_shadow() -> bool:
+    """A copy NGINX mirrors to the canary in a release's shadow step (nginx.conf clears a client's header):
+    its answer is discarded, so it gets no provenance row and its metrics say traffic="shadow"."""
+    return request.headers.get(SHADOW_HEADER) == "1"
+
+
 def _answer_bad_id(rt: Runtime, raw: str, started: float) -> Response:
     loaded = rt.slot.current
     version = loaded.version if loaded else NO_VERSION
-    rt.metrics.observe_recommend(version, 400, time.perf_counter() - started)
+    rt.metrics.observe_recommend(version, 400, time.perf_counter() - started, shadow=_is_shadow())
     shown = _printable(raw, 24)
     if raw == "":
         reason = "bad user id: empty (expected 1-18 ASCII digits)"
@@ -281,15 +288,16 @@ def _recommend(rt: Runtime, raw: str) -> Response:
         return _answer_bad_id(rt, raw, started)
     user_id = int(raw)
     loaded = rt.slot.current  # one read: this request uses this model to the end
+    shadow = _is_shadow()
     if loaded is None:
-        rt.metrics.observe_recommend(NO_VERSION, 503, time.perf_counter() - started)
+        rt.metrics.observe_recommend(NO_VERSION, 503, time.perf_counter() - started, shadow=shadow)
         return _text(f"not ready: {rt.slot.reason}", 503)
 
     faults = rt.slot.faults
     if faults.latency_ms > 0:
         time.sleep(faults.latency_ms / 1000.0)
     if rt.inject_error(faults.error_ratio):
-        rt.metrics.observe_recommend(loaded.version, 503, time.perf_counter() - started)
+        rt.metrics.observe_recommend(loaded.version, 503, time.perf_counter() - started, shadow=shadow)
         response = _text("service unavailable: injected fault (drill)", 503)
         response.headers["X-Model-Version"] = loaded.version
         return response
@@ -306,13 +314,14 @@ def _recommend(rt: Runtime, raw: str) -> Response:
         movies = list(loaded.fallback[:N_RECOMMENDATIONS])
         cold = True
     if not movies:
-        rt.metrics.observe_recommend(loaded.version, 503, time.perf_counter() - started)
+        rt.metrics.observe_recommend(loaded.version, 503, time.perf_counter() - started, shadow=shadow)
         response = _text("service unavailable: no eligible movie to recommend", 503)
         response.headers["X-Model-Version"] = loaded.version
         return response
     latency = time.perf_counter() - started
     response = _text(",".join(movies), 200)
     response.headers["X-Model-Version"] = loaded.version
-    rt.metrics.observe_recommend(loaded.version, 200, latency, cold=cold)
-    rt.record(loaded, user_id, movies, started_ms, latency)
+    rt.metrics.observe_recommend(loaded.version, 200, latency, cold=cold, shadow=shadow)
+    if not shadow:  # a mirrored copy's list is never shown to the user: no provenance row
+        rt.record(loaded, user_id, movies, started_ms, latency)
     return response

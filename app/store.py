@@ -70,12 +70,13 @@ RELEASE_COLUMNS = (
     "candidate_version", "previous_version", "started_at", "ended_at", "outcome",
     "canary_latency_ms", "canary_requests", "canary_errors", "canary_error_ratio",
     "stable_latency_ms", "stable_requests", "stable_errors", "stable_error_ratio", "reason",
+    "steps", "decided_by", "controls",  # 004_release_steps.sql
 )
 # `releases.outcome`: what a release ended as (the release controller and the notices use these names)
 PROMOTED, ABORTED, FAILED = "promoted", "aborted", "failed"
 OUTCOMES = (PROMOTED, ABORTED, FAILED)
 _DATETIME_COLUMNS = {"data_creation", "trained_on", "started_at", "ended_at"}
-_JSON_COLUMNS = {"params", "metrics"}
+_JSON_COLUMNS = {"params", "metrics", "steps", "controls"}
 
 # `INSERT IGNORE` on the UNIQUE row_id: a replayed batch (spool, lost acknowledgement) is written exactly once.
 # IGNORE would also truncate a value that does not fit and call it a success, so `reccom_problem` refuses those
@@ -629,3 +630,42 @@ def served_lists(
             )
             out.extend((int(u), m, int(s), str(v), str(slot)) for u, m, s, v, slot in cur.fetchall())
     return out
+
+
+# ------------------------------------------------------------------------------ console (read only)
+def tracking_history(settings: MySQL, version: int | None = None) -> list[dict[str, Any]]:
+    """Every `tracking` row (or only `version`'s), newest version first, read as the auditor.
+
+    Keys: TRACKING_COLUMNS plus recorded_at; params and metrics decoded from JSON (None when absent).
+    """
+    where, params = ("WHERE version_number = %s", [int(version)]) if version is not None else ("", [])
+    sql = (f"SELECT {', '.join(TRACKING_COLUMNS)}, recorded_at FROM tracking {where} "
+           "ORDER BY version_number DESC")
+    with _session(settings, "auditor", read_timeout_s=_REPORT_TIMEOUT_S) as conn, \
+            conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(sql, params)
+        return _decoded(list(cur.fetchall()))
+
+
+def _decoded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their JSON columns (params, metrics, steps, controls) decoded; text that is not JSON stays text."""
+    for row in rows:
+        for key in _JSON_COLUMNS:
+            if isinstance(row.get(key), str | bytes):
+                with contextlib.suppress(ValueError):  # kept as text: the console shows what is stored
+                    row[key] = json.loads(row[key])
+    return rows
+
+
+def release_history(settings: MySQL, candidate: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
+    """`releases` rows (of `candidate` when given), newest first, at most `limit`, read as the auditor.
+
+    Keys: id plus RELEASE_COLUMNS (JSON columns decoded).
+    """
+    where, params = ("WHERE candidate_version = %s", [int(candidate)]) if candidate is not None else ("", [])
+    sql = (f"SELECT id, {', '.join(RELEASE_COLUMNS)} FROM releases {where} "
+           "ORDER BY started_at DESC, id DESC LIMIT %s")
+    with _session(settings, "auditor", read_timeout_s=_REPORT_TIMEOUT_S) as conn, \
+            conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(sql, [*params, max(1, int(limit))])
+        return _decoded(list(cur.fetchall()))

@@ -30,18 +30,22 @@ from app.contracts import pointer
 from app.contracts.topology import Topology, upstream_path
 from app.logs import kv
 from app.settings import ROOT, Monitoring, MySQL, Notify, Paths, Serving
+from auto_deployment.console.settings import DEFAULT_PORT as CONSOLE_DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 
 MARIADB_SCRIPT = ROOT / "ops" / "mariadb.sh"
 KAFKA_SCRIPT = ROOT / "ops" / "kafka.sh"
 DAEMONS = ("nginx", "prometheus", "alertmanager")  # the programs beside the inference slots
-DEMO_PROGRAMS = ("simulator", "scheduler", "online_eval")
+DEMO_PROGRAMS = ("simulator", "scheduler", "online_eval", "console")
 # Demo windows (environment overrides): short enough to watch the whole loop in a few minutes.
 # DEMO_MAX_ERROR_RATIO: a short demo window gives the canary tens of requests, too few to claim a 5xx ratio under
 # 1% (its 95% upper bound needs 299 clean requests); the demo judges against 15% (19 clean requests) and says so.
 DEMO_DEFAULTS = {"DEMO_EVERY": "10m", "DEMO_COLLECT": "2m", "DEMO_OBSERVE": "60s", "DEMO_RATE": "5",
-                 "DEMO_DURATION": "86400", "DEMO_MAX_ERROR_RATIO": "0.15"}
+                 "DEMO_DURATION": "86400", "DEMO_MAX_ERROR_RATIO": "0.15",
+                 # Likewise a few sessions a second cannot fill 5 % steps or 300-answer p99s in a short window: the
+                 # demo releases through shadow then the card's 20 %, and compares p99s on tens of answers.
+                 "DEMO_RELEASE_STEPS": "shadow,20", "DEMO_P99_MIN_REQUESTS": "20"}
 
 
 class StackError(RuntimeError):
@@ -213,6 +217,15 @@ class Stack:
     def online_eval_port(self) -> int:
         return int(self.env.get("ONLINE_EVAL_PORT", "9105"))
 
+    @property
+    def console_port(self) -> int:
+        """The operators' console (`python -m auto_deployment console`, demo only), on loopback."""
+        return int(self.env.get("CONSOLE_PORT") or CONSOLE_DEFAULT_PORT)
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
+
     def slot_url(self, slot: str) -> str:
         return f"http://127.0.0.1:{self.topology.slot(slot).port}"
 
@@ -249,6 +262,7 @@ def ports(stack: Stack) -> dict[str, int]:
         "nginx stub_status": stack.nginx_status_port,
         "prometheus": stack.prometheus_port,
         "alertmanager": stack.alertmanager_port,
+        **({"console": stack.console_port} if stack.demo else {}),
     }
 
 

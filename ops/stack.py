@@ -120,7 +120,8 @@ demo loop (windows shortened from 2 days / 15 min / 12 h):
              (log: {stack.log_dir}/simulator.log)
   scheduler  retrains now and every {w['DEMO_EVERY']}: collect {w['DEMO_COLLECT']} from Kafka, gate RMSE < 1,
              version with DVC + git in {stack.env.get('MOVIEREC_REPO_DIR')}, canary observed {w['DEMO_OBSERVE']}
-             then promote or abort; 5xx limit {w['DEMO_MAX_ERROR_RATIO']} (a short window cannot show < 1%)
+             through steps {w['DEMO_RELEASE_STEPS']} then promote or abort;
+             5xx limit {w['DEMO_MAX_ERROR_RATIO']} (a short window cannot show < 1%)
              (log: {stack.log_dir}/scheduler.log)
   watch it   curl -sI {stack.nginx_url}/recommend/1 | grep X-Model   |   python -m auto_deployment release --status
 """

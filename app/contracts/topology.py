@@ -161,6 +161,19 @@ def upstream_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "nginx" / "upstream.conf"
 
 
+def shadow_path(run_dir: str | Path) -> Path:
+    """``<run>/nginx/shadow.conf``: present only during a release's shadow step. nginx.conf includes
+    ``shadow*.conf`` (a glob: no file, no mirror) in its ``/recommend/`` location; the file holds
+    `SHADOW_MIRROR`, which copies each live request to the canary and discards the canary's answer."""
+    return Path(run_dir) / "nginx" / "shadow.conf"
+
+
+# The mirror directive of the shadow step; nginx.conf's `/_shadow` location sends the copy to the canary
+# with ``X-Shadow: 1`` (the server then writes no provenance row and labels its metrics traffic="shadow").
+SHADOW_MIRROR = "mirror /_shadow;\n"
+SHADOW_HEADER = "X-Shadow"
+
+
 def write_nginx_upstream(path: str | Path, topo: Topology, address: Callable[[Slot], str]) -> None:
     """Atomically write NGINX's upstream ``server`` lines (the file nginx.conf includes in its upstream).
 

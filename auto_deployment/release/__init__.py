@@ -1,7 +1,11 @@
 """The canary release (design section 6), split the way Flagger's controller is:
 
 - ``controller``: the state machine (states, handler table, transitions, crash recovery);
-- ``checks``: the criteria as data (figure, threshold or comparison with stable, minimum sample);
+- ``steps``: the progressive traffic steps and the move each analysis interval makes (pure);
+- ``control``: pause / resume / abort / promote-now from another process, and ``release --status``;
+- ``checks``: the criteria as data (figure, threshold or comparison with stable, minimum sample;
+  the quality check's two-proportion test);
+- ``quality``: model quality online (the event log's lists, attributed by provenance) as figures;
 - ``metrics``: one PromQL query per figure, per role and version (Prometheus);
 - ``deploy``: moving a slot to a version, and the stable version (``version.txt``, committed);
 - ``router``: the share of traffic NGINX sends to the canary;

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from scipy.stats import beta
+from scipy.stats import beta, norm
 
 from app.settings import Release
 from auto_deployment.release.metrics import Figures, Measurement
@@ -63,6 +64,8 @@ class Check:
     count: str | None = None  # figure of failures: `metric` (a ratio of `requests`) is judged by its upper bound
     confidence: float = 0.95  # level of that bound
     slack: float = 0.0  # added to a `vs_stable` limit: a difference below it is noise, not a regression
+    fail_needs_sample: bool = False  # a tail (p99) of a small sample is its maximum: below `min_requests` it
+    # can neither pass nor fail (an average or a ratio over the limit fails whatever the sample)
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -101,7 +104,7 @@ class Check:
         template, op = (self.passed_text, self.op) if ok else (self.failed_text, _NEGATED[self.op])
         text = template.format(label=self._label, value=format(value, self.digits), unit=self.unit, op=op,
                                limit=limit_text)
-        if ok and few:  # a small sample may show a failure, never a pass
+        if few and (ok or self.fail_needs_sample):  # a small sample may show a failure, never a pass
             return self._result(INCONCLUSIVE, value, limit, few)
         if ok and self.count is not None:
             return self._bounded(value, limit, text, canary.get(self.count), requests)
@@ -155,6 +158,14 @@ class Verdict:
     reason: str
     results: list[CheckResult] = field(default_factory=list)
 
+    @property
+    def status(self) -> str:
+        """passed; failed when any check failed (a small sample may show a failure); else inconclusive
+        (no data, too small a sample): what `steps.next_move` judges an interval by."""
+        if self.passed:
+            return PASSED
+        return FAILED if any(r.status == FAILED for r in self.results) else INCONCLUSIVE
+
 
 def upper_bound(failures: float, requests: float, confidence: float = 0.95) -> float:
     """One-sided Clopper–Pearson upper bound of a failure ratio: exact, so small samples are never flattered.
@@ -175,23 +186,105 @@ def clean_sample(limit: float, confidence: float = 0.95) -> int:
     return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - limit))
 
 
-def default_checks(release: Release) -> tuple[Check, ...]:
-    """The card's gate and its baseline (settings): average latency < 500 ms and no worse than stable's ×
-    `latency_vs_stable` (+ a noise floor), 5xx ratio <= 1% with `confidence`. The latency checks need
-    `min_requests` answers (an average of a handful means little); the error check derives its own sample.
+@dataclass(frozen=True)
+class ProportionCheck:
+    """The canary's share of successes (`hits` of `sample`) must not be *significantly* below stable's.
+
+    Used for model quality online (``quality.py``): a list is a success when its user watched a listed movie
+    afterwards (the hit rate of ``report online``). One-sided two-proportion z-test with the pooled rate
+    (`worse_z`): each list is one Bernoulli outcome and both samples are hundreds of lists, where the normal
+    approximation is sound, the statistic is closed-form and checkable by hand, and its limit can be shown as
+    a rate. (Mann–Whitney would suit the per-list score, but that score is mostly zeros — nothing watched —
+    and ties make its p-value an approximation too, with nothing gained for a yes/no outcome.) It fails when
+    z > z(`confidence`) (1.645 at 95 %): the canary is worse with that confidence. Below `min_sample` lists
+    on either side it is inconclusive, never a pass.
     """
+
+    name: str
+    hits: str
+    sample: str
+    min_sample: int
+    confidence: float = 0.95
+    label: str = ""
+
+    def evaluate(self, canary: Figures, stable: Measurement | None) -> CheckResult:
+        label = self.label or self.name
+        hits_c, n_c = canary.get(self.hits), canary.get(self.sample)
+        if hits_c is None or n_c is None:
+            return CheckResult(self.name, INCONCLUSIVE, None, None, f"{label} unknown: no figure {self.sample!r}")
+        if not isinstance(stable, Figures) or stable.get(self.hits) is None or stable.get(self.sample) is None:
+            return CheckResult(self.name, INCONCLUSIVE, None, None, f"{label}: no stable figure to compare")
+        hits_s, n_s = float(stable[self.hits]), float(stable[self.sample])
+        rate_c = hits_c / n_c if n_c else None
+        if n_c < self.min_sample or n_s < self.min_sample:
+            return CheckResult(self.name, INCONCLUSIVE, rate_c, None,
+                               f"too few lists for {label}: canary {n_c:.0f}, stable {n_s:.0f} < {self.min_sample}")
+        z, se = worse_z(hits_c, n_c, hits_s, n_s)
+        critical = float(norm.ppf(self.confidence))
+        rate_s = hits_s / n_s
+        floor = rate_s - critical * se  # the lowest canary rate not significantly worse
+        level = f"{100 * self.confidence:g}%"
+        text = (f"{label} {rate_c:.3f} over {n_c:.0f} lists vs stable {rate_s:.3f} over {n_s:.0f} "
+                f"(one-sided z = {z:.2f}")
+        if z > critical:
+            return CheckResult(self.name, FAILED, rate_c, floor, f"{text} > {critical:.3f}: worse at {level})")
+        return CheckResult(self.name, PASSED, rate_c, floor, f"{text} <= {critical:.3f}: not worse at {level})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worse_z(hits_c: float, n_c: float, hits_s: float, n_s: float) -> tuple[float, float]:
+    """(z, standard error) of "the canary's rate is below stable's", pooled: z = (p_s - p_c) / se,
+    se = sqrt(p (1 - p) (1/n_c + 1/n_s)) with p = (hits_c + hits_s) / (n_c + n_s). Equal rates of 0 or 1: z = 0."""
+    pooled = (hits_c + hits_s) / (n_c + n_s)
+    se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / n_c + 1.0 / n_s))
+    if se == 0.0:
+        return 0.0, 0.0
+    return (hits_s / n_s - hits_c / n_c) / se, se
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The p99 comparison with stable (env, read once at the edge by `wiring.ReleaseSettings.from_env`)."""
+
+    p99_vs_stable: float = 2.0  # RELEASE_P99_VS_STABLE: canary p99 at most stable's × this ...
+    p99_slack_ms: float = 10.0  # RELEASE_P99_SLACK_MS: ... + this (a p99 within one bucket of a few ms is noise)
+    p99_min_requests: int = 300  # RELEASE_P99_MIN_REQUESTS: below, a p99 is the max of a handful (3 of 300
+    # answers may be slow before p99 moves: a few cold or preempted requests are not a regression)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Tail:
+        env = os.environ if environ is None else environ
+        try:
+            return cls(float(env.get("RELEASE_P99_VS_STABLE", "2.0")), float(env.get("RELEASE_P99_SLACK_MS", "10")),
+                       int(env.get("RELEASE_P99_MIN_REQUESTS", "300")))
+        except ValueError as exc:
+            raise ValueError(f"release p99 settings: {exc}") from exc
+
+
+def default_checks(release: Release, tail: Tail | None = None) -> tuple[Check, ...]:
+    """The card's gate and its baseline (settings): average latency < 500 ms and no worse than stable's ×
+    `latency_vs_stable` (+ a noise floor), p99 no worse than stable's × `tail.p99_vs_stable` (+ its floor),
+    5xx ratio <= 1% with `confidence`. The latency checks need `min_requests` answers (an average of a
+    handful means little), the p99 `tail.p99_min_requests`; the error check derives its own sample.
+    """
+    tail = tail or Tail()
     return (
         Check("latency", metric="latency_ms", op="<", threshold=release.max_latency_ms,
               min_requests=release.min_requests, label="average latency", unit=" ms"),
         Check("latency_vs_stable", metric="latency_ms", op="<=", vs_stable=release.latency_vs_stable,
               slack=release.latency_slack_ms, min_requests=release.min_requests,
               label="average latency vs stable", unit=" ms", digits=".2f"),
+        Check("p99_vs_stable", metric="p99_ms", op="<=", vs_stable=tail.p99_vs_stable, slack=tail.p99_slack_ms,
+              min_requests=max(tail.p99_min_requests, release.min_requests), label="p99 latency vs stable",
+              unit=" ms", digits=".2f", fail_needs_sample=True),
         Check("error_ratio", metric="error_ratio", op="<=", threshold=release.max_error_ratio,
               count="errors", confidence=release.confidence, label="5xx ratio", digits=".4f"),
     )
 
 
-def judge(checks: Iterable[Check], canary: Measurement, stable: Measurement | None = None) -> Verdict:
+def judge(checks: Iterable[Check | ProportionCheck], canary: Measurement, stable: Measurement | None = None) -> Verdict:
     """Run every check on the canary's figures: (pass?, why, each result). No data is never a pass."""
     if not isinstance(canary, Figures):
         return Verdict(False, f"no data from Prometheus: {canary.reason}")

@@ -1,20 +1,24 @@
-"""The canary release of a model version as a state machine (design section 6).
+"""The canary release of a model version as a state machine (design section 6, issue 11).
 
 Every transition is logged and persisted (``state.py``), before the work of the new state starts::
 
-    DEPLOY_CANARY ─▶ OBSERVE ─▶ ANALYSE ─┬─▶ PROMOTE ─┐
-          │             │          │      └─▶ ABORT ───┴─▶ RECORD ─▶ NOTIFY ─▶ DONE
-          └─────────────┴──────────┴──(deploy error, stop)──▶ ABORT
+    DEPLOY_CANARY ─▶ OBSERVE (step 1) ─▶ OBSERVE (step 2) ─▶ … ─┬─▶ PROMOTE ─┐
+          │             │                                       └─▶ ABORT ───┴─▶ RECORD ─▶ NOTIFY ─▶ DONE
+          └─────────────┴──(failure limit, inconclusive limit, deploy error, stop)──▶ ABORT
 
-- DEPLOY_CANARY: the candidate goes to the canary slot only; the deployer waits until it serves.
-- OBSERVE: the canary serves its share for the window; a progress line every ~10% of it.
-- ANALYSE: the metrics of the canary serving the candidate over the window against the checks
-  (``checks.py``). No data (Prometheus down, an error, nothing recorded) is an abort: never promote blind.
+- DEPLOY_CANARY: the canary's share of live traffic is drained (no user meets the candidate before its
+  steps), then the candidate goes to the canary slot only; the deployer waits until it serves.
+- OBSERVE: one traffic step (``steps.Step``: shadow, 5 %, 20 %, 50 % by default). Entering a step applies
+  its weights through the router (NGINX upstream weights, or the mirror for shadow, and a graceful
+  reload); then every interval the checks (``checks.py``) judge the canary and the stable slots over the
+  step so far, and ``steps.next_move`` decides: stay, advance to the next step (OBSERVE again), promote
+  after the last step, or abort at once (failure limit; inconclusive past the step's time for too long —
+  Prometheus down, no data or too small a sample is never a pass).
 - PROMOTE: the stable slots, in the topology's order, move to the candidate, each serving before the
   next; then ``version.txt`` names it and is committed (`deploy.StableVersion`).
 - ABORT: the canary (and any stable slot a failed promotion had moved) goes back to the previous
   stable version.
-- PROMOTE and ABORT end with the resting traffic split (`router.Router`).
+- PROMOTE and ABORT end with the resting traffic split and no mirror (`router.Router`).
 - RECORD: one ``releases`` row (MySQL down: logged, and the row is kept in the state file and
   written by the next release).
 - NOTIFY: email + Slack (``notices.py``); a notice that fails is logged, never fails the release. A
@@ -23,8 +27,9 @@ Every transition is logged and persisted (``state.py``), before the work of the 
 Crash recovery. One release at a time (`state.release_lock`). A state file that is not DONE when
 the next release starts means the previous process died; it is repaired first:
 
-- died in DEPLOY_CANARY, OBSERVE or ANALYSE: no decision was taken, so the canary is rolled back
-  to the stable version and the release is recorded ``failed`` with reason ``interrupted``;
+- died in DEPLOY_CANARY or OBSERVE (any step): no decision was taken, so the canary is rolled back
+  to the stable version, traffic goes back to the resting split without mirror, and the release is
+  recorded ``failed`` with reason ``interrupted``;
 - died in PROMOTE: the checks had passed (their figures are in the state file), so the promotion is
   *finished* — the remaining stable slots move, then ``version.txt``. Rolling back instead would
   move slots that already serve a version which passed the checks; finishing is the shorter path to
@@ -46,7 +51,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +60,8 @@ from app.contracts import bundle
 from app.contracts.topology import CANARY, STABLE, Topology
 from app.logs import kv
 from auto_deployment.notices import Notifies, release_notice
-from auto_deployment.release.checks import Check, judge
+from auto_deployment.release.checks import Check, ProportionCheck, judge
+from auto_deployment.release.control import ABORT_NOW, PAUSE, PROMOTE_NOW, RESUME, ControlChannel, ControlRequest
 from auto_deployment.release.deploy import DeployError, SlotDeployer, StableVersion
 from auto_deployment.release.metrics import Figures, Measurement, MetricsQuery
 from auto_deployment.release.recorder import Recorder, is_row_of, release_row
@@ -63,7 +69,6 @@ from auto_deployment.release.router import NullRouter, Router
 from auto_deployment.release.state import (
     ABORT,
     ABORTED,
-    ANALYSE,
     DEPLOY_CANARY,
     DONE,
     FAILED,
@@ -78,11 +83,13 @@ from auto_deployment.release.state import (
     ReleaseState,
     StateStore,
 )
+from auto_deployment.release.steps import ABORT as ABORT_MOVE
+from auto_deployment.release.steps import ADVANCE, DEFAULT_STEPS, Progression, Step, next_move, parse_steps
 
 log = logging.getLogger(__name__)
 
 EXIT_PROMOTED, EXIT_NOT_PROMOTED, EXIT_REFUSED, EXIT_LOCKED = 0, 1, 2, 3
-PROGRESS_STEPS = 10  # a progress line every 1/10 of the window
+KEPT_INTERVALS = 50  # the last intervals' verdicts kept in the state file (``release --status``)
 
 
 class ReleaseRefused(ValueError):
@@ -95,13 +102,27 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class Analysis:
-    """How a canary is judged: the observation window and the checks (`checks.default_checks`)."""
+    """How a canary is judged: the observation window (shared equally by the steps), the checks
+    (`checks.default_checks`) and how it progresses (steps, interval, limits)."""
 
     observe_s: float
-    checks: tuple[Check, ...]
+    checks: tuple[Check | ProportionCheck, ...]
+    progression: Progression = field(default_factory=lambda: Progression(parse_steps(DEFAULT_STEPS)))
+
+    @property
+    def step_s(self) -> float:
+        """The least time a step lasts."""
+        return self.observe_s / len(self.progression.steps)
+
+    @property
+    def interval_s(self) -> float:
+        """The analysis interval, never more than half a step, so a short window (the demo's 60 s over four
+        steps) still judges each step at least twice."""
+        return min(self.progression.interval_s, self.step_s / 2) if self.step_s > 0 else self.progression.interval_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {"observe_s": self.observe_s, "checks": [c.to_dict() for c in self.checks]}
+        return {"observe_s": self.observe_s, "step_s": self.step_s, "checks": [c.to_dict() for c in self.checks],
+                **self.progression.to_dict(), "interval_s": self.interval_s}
 
 
 def _measurement_dict(m: Measurement) -> dict[str, Any]:
@@ -137,13 +158,13 @@ class Controller:
         self.notifier = notifier  # None: the caller tells the team (one notice per retraining run)
         self.router = router or NullRouter()
         self.store = StateStore(run_dir)
+        self.control = ControlChannel(run_dir)
         self.stop = stop or threading.Event()
         self.poll_s = poll_s
         self.state: ReleaseState | None = None
         self._handlers: dict[str, Callable[[], str]] = {
             DEPLOY_CANARY: self._deploy_canary,
             OBSERVE: self._observe,
-            ANALYSE: self._analyse,
             PROMOTE: self._promote,
             ABORT: self._abort,
             RECORD: self._record,
@@ -164,9 +185,12 @@ class Controller:
             reason = f"version {candidate} is already the stable version"
             log.info("release: nothing to do", extra=kv(candidate=candidate, reason=reason))
             return ReleaseResult(candidate, previous, NOOP, reason, recovered=recovered)
+        self.control.clear()  # requests sent while no release ran are not for this one
         self.state = ReleaseState(candidate=candidate, previous=previous, gate=self.analysis.to_dict(),
                                   pending_records=list(pending))
         log.info("release: start", extra=kv(candidate=candidate, previous=previous, observe_s=self.analysis.observe_s,
+                                            steps=",".join(st.name for st in self.analysis.progression.steps),
+                                            interval_s=self.analysis.interval_s,
                                             checks=",".join(c.name for c in self.analysis.checks)))
         self._enter(DEPLOY_CANARY)
         result = self._drive()
@@ -242,67 +266,151 @@ class Controller:
     def _resting_traffic(self) -> None:
         """The topology's own split again (best effort: a release outcome never hangs on NGINX)."""
         try:
-            self.router.set_canary_share(self.topology.canary_share())
+            self.router.set_canary_share(self.topology.canary_share(), shadow=False)
         except Exception as exc:
             log.error("release: resting traffic split not restored", extra=kv(reason=f"{type(exc).__name__}: {exc}"))
+
+    def _drain_canary(self) -> None:
+        """No traffic and no mirror to the canary (best effort, as `_resting_traffic`)."""
+        try:
+            self.router.set_canary_share(0, shadow=False)
+        except Exception as exc:
+            log.error("release: canary not drained", extra=kv(reason=f"{type(exc).__name__}: {exc}"))
 
     # -- states -----------------------------------------------------------------------------------
 
     def _deploy_canary(self) -> str:
         s = self.state
         self._check_stop()
+        # no user may meet the candidate before its steps: the canary's resting share is drained first
+        self.router.set_canary_share(0, shadow=False)
         try:
             self.deployer.deploy(self.topology.canary.name, s.candidate)
         except DeployError as exc:
             self._fail(f"canary deploy failed: {exc}")
             return ABORT
+        warm_up = getattr(self.deployer, "warm_up", None)
+        if warm_up is not None:  # before the first step's window opens: cold answers are not judged
+            log.info("release: canary warmed up", extra=kv(answers=warm_up(self.topology.canary.name)))
         s.observe_started = time.time()
         return OBSERVE
 
     def _observe(self) -> str:
+        """One traffic step: apply its weights once, then analyse every interval until a move leaves it."""
         s = self.state
-        window = self.analysis.observe_s
-        start = s.observe_started or time.time()
-        end = start + window
-        marks = [start + window * i / PROGRESS_STEPS for i in range(1, PROGRESS_STEPS)]
-        log.info("release: observing the canary", extra=kv(candidate=s.candidate, window_s=window))
+        progression = self.analysis.progression
+        step = progression.steps[s.step]
+        if s.step_started is None:
+            self._check_stop()
+            self.router.set_canary_share(step.share, shadow=step.shadow)
+            s.step_started = time.time()
+            s.next_check = s.step_started + self.analysis.interval_s
+            s.held = 0
+            s.step_log.append({"name": step.name, "share": step.share, "shadow": step.shadow,
+                               "started_at": now_iso("milliseconds")})
+            self.store.save(s)
+            log.info("release: step", extra=kv(candidate=s.candidate, step=f"{s.step + 1}/{len(progression.steps)}",
+                                               name=step.name, canary_share=step.share, shadow=step.shadow,
+                                               step_s=self.analysis.step_s))
         while True:
             self._check_stop()
+            decided = self._apply_controls(step)
+            if decided is not None:
+                return decided
             now = time.time()
-            if now >= end:
-                return ANALYSE
-            if marks and now >= marks[0]:
-                while marks and now >= marks[0]:
-                    marks.pop(0)
-                self._progress(now - start, window)
-            wake = min(end, marks[0] if marks else end)
-            self.stop.wait(max(0.0, min(self.poll_s, wake - time.time())))
+            if s.paused_at is not None:
+                self.stop.wait(self.poll_s)
+                continue
+            if now < s.next_check:
+                self.stop.wait(max(0.0, min(self.poll_s, s.next_check - now)))
+                continue
+            move = self._interval(step, now)
+            while s.next_check <= time.time():
+                s.next_check += self.analysis.interval_s
+            self.store.save(s)
+            if move.action == ABORT_MOVE:
+                s.outcome, s.reason = ABORTED, f"step {step.name}: {move.reason}"
+                self._end_step(ABORT_MOVE)
+                return ABORT
+            if move.action == ADVANCE:
+                self._end_step(ADVANCE)
+                if s.step + 1 >= len(progression.steps):
+                    s.outcome, s.reason = PROMOTED, f"every step passed; last, {step.name}: {move.reason}"
+                    return PROMOTE
+                s.step, s.step_started = s.step + 1, None
+                return OBSERVE
 
-    def _progress(self, elapsed: float, window: float) -> None:
+    def _end_step(self, move: str, **extra: Any) -> None:
         s = self.state
-        live = self.metrics.figures(CANARY, s.candidate, elapsed)
-        pairs: dict[str, object] = {"candidate": s.candidate, "progress": f"{100 * elapsed / window:.0f}%",
-                                    "elapsed_s": round(elapsed)}
-        if isinstance(live, Figures):
-            pairs.update(latency_ms=round(live["latency_ms"], 1), error_ratio=round(live["error_ratio"], 4),
-                         requests=round(live["requests"]))
-        else:
-            pairs.update(no_data=live.reason)
-        log.info("release: canary so far", extra=kv(**pairs))
+        if s.step_log and "ended_at" not in s.step_log[-1]:
+            s.step_log[-1].update(ended_at=now_iso("milliseconds"), move=move, **extra)
 
-    def _analyse(self) -> str:
+    def _apply_controls(self, step: Step) -> str | None:
+        """Apply the operators' pending requests (control.py); the next state when one decides the release."""
         s = self.state
-        self._check_stop()
-        at = time.time()
-        canary = self.metrics.figures(CANARY, s.candidate, self.analysis.observe_s, at)
-        stable = self.metrics.figures(STABLE, s.previous, self.analysis.observe_s, at)
+        for request in self.control.take():
+            decided = self._apply(request, step)
+            s.controls.append({**request.to_dict(), "step": step.name, "applied": decided is not False})
+            self.store.save(s)
+            log.warning("release: manual control", extra=kv(candidate=s.candidate, action=request.action,
+                                                            who=request.who, why=request.why, step=step.name))
+            if isinstance(decided, str):
+                return decided
+        return None
+
+    def _apply(self, request: ControlRequest, step: Step) -> str | bool:
+        """One request: the next state (abort, promote now), True when applied, False when it changed nothing."""
+        s = self.state
+        now = time.time()
+        if request.action == PAUSE:
+            if s.paused_at is not None:
+                return False
+            s.paused_at = now
+            return True
+        if request.action == RESUME:
+            if s.paused_at is None:
+                return False
+            paused = now - s.paused_at
+            s.step_started = (s.step_started or now) + paused  # the step's clock stood still
+            s.next_check = now + self.analysis.interval_s
+            s.paused_at = None
+            return True
+        by = f"by hand by {request.who} during step {step.name}: {request.why or 'no reason given'}"
+        s.decided_by = request.who
+        s.paused_at = None
+        if request.action == ABORT_NOW:
+            s.outcome, s.reason = ABORTED, f"aborted {by}"
+            self._end_step(ABORT_MOVE, by=request.who)
+            return ABORT
+        assert request.action == PROMOTE_NOW
+        s.outcome, s.reason = PROMOTED, f"promoted {by}"
+        self._end_step(ADVANCE, by=request.who)
+        return PROMOTE
+
+    def _interval(self, step: Step, at: float) -> Any:
+        """Judge the canary against the checks over the step so far, and decide the move (`steps.next_move`)."""
+        s = self.state
+        progression = self.analysis.progression
+        elapsed = at - (s.step_started or at)
+        window = max(elapsed, self.analysis.interval_s)
+        canary = self.metrics.figures(CANARY, s.candidate, window, at)
+        stable = self.metrics.figures(STABLE, s.previous, window, at)
         s.figures = {"canary": _measurement_dict(canary), "stable": _measurement_dict(stable)}
         verdict = judge(self.analysis.checks, canary, stable)
         s.checks = [r.to_dict() for r in verdict.results]
-        s.outcome, s.reason = (PROMOTED if verdict.passed else ABORTED), verdict.reason
-        log.info("release: analysis", extra=kv(candidate=s.candidate, decision="promote" if verdict.passed else "abort",
-                                               reason=verdict.reason))
-        return PROMOTE if verdict.passed else ABORT
+        move = next_move(verdict.status, step_over=elapsed >= self.analysis.step_s, failures=s.failures,
+                         held=s.held, progression=progression, why=verdict.reason)
+        s.failures, s.held = move.failures, move.held
+        if s.step_log:
+            s.step_log[-1].update(intervals=s.step_log[-1].get("intervals", 0) + 1, verdict=verdict.status,
+                                  checks=[{k: r.to_dict()[k] for k in ("name", "status", "value", "limit")}
+                                          for r in verdict.results])
+        s.intervals = [*s.intervals, {"step": step.name, "at": round(at, 3), "verdict": verdict.status,
+                                      "move": move.action, "reason": move.reason}][-KEPT_INTERVALS:]
+        log.info("release: interval", extra=kv(candidate=s.candidate, step=step.name, elapsed_s=round(elapsed, 1),
+                                               verdict=verdict.status, move=move.action, failures=s.failures,
+                                               held=s.held, reason=move.reason))
+        return move
 
     def _promote(self) -> str:
         s = self.state
@@ -328,6 +436,7 @@ class Controller:
         s = self.state
         if s.outcome not in (ABORTED, FAILED):
             s.outcome = FAILED
+        self._drain_canary()  # no live request nor copy for the canary while it goes back
         problems = []
         for slot in [*reversed(s.promoted), self.topology.canary.name]:
             try:

@@ -42,6 +42,10 @@ QUERIES: dict[str, str] = {
         "(sum(rate(recommend_requests_total{{{bad}}}[{window}])) or vector(0))"
         " / sum(rate(recommend_requests_total{{{sel}}}[{window}]))"
     ),
+    # p99 of successful answers from the histogram's buckets (linear within the bucket that holds it)
+    "p99_ms": (
+        "1000 * histogram_quantile(0.99, sum by (le) (rate(recommend_latency_seconds_bucket{{{ok}}}[{window}])))"
+    ),
     "requests": "sum(increase(recommend_requests_total{{{sel}}}[{window}]))",
     "errors": "sum(increase(recommend_requests_total{{{bad}}}[{window}])) or vector(0)",
 }

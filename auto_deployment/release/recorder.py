@@ -43,6 +43,9 @@ def release_row(state: ReleaseState) -> dict[str, Any]:
         "ended_at": state.finished_at or now_iso("milliseconds"),
         "outcome": state.outcome,
         "reason": state.reason,
+        "steps": state.step_log or None,
+        "decided_by": state.decided_by,
+        "controls": state.controls or None,
     }
     for side in ("canary", "stable"):
         figures = state.figures.get(side) or {}

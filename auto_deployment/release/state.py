@@ -35,6 +35,8 @@ RECORD = "RECORD"
 NOTIFY = "NOTIFY"
 DONE = "DONE"
 UNDECIDED = (DEPLOY_CANARY, OBSERVE, ANALYSE)  # no decision taken yet: interruptible, rolled back
+# OBSERVE runs the traffic steps, each analysed every interval (`steps.next_move`); ANALYSE, the single
+# end-of-window analysis of earlier versions, is only ever found in an old state file (repaired as undecided).
 
 # outcomes: the `releases.outcome` column's (app.store), plus "noop" for a release with nothing to do
 NOOP = "noop"
@@ -58,6 +60,16 @@ class ReleaseState:
     started_at: str = field(default_factory=_now)
     gate: dict[str, Any] = field(default_factory=dict)  # the observation window and the checks, as data
     observe_started: float | None = None  # unix time the canary started serving the candidate
+    step: int = 0  # index of the traffic step (steps.Step) being observed
+    step_started: float | None = None  # unix time its weights were applied; None: not applied yet
+    next_check: float | None = None  # unix time of its next analysis interval
+    failures: int = 0  # failed intervals in this release (steps.next_move)
+    held: int = 0  # inconclusive intervals in a row past the step's time
+    intervals: list[dict[str, Any]] = field(default_factory=list)  # the last intervals' verdicts and moves
+    step_log: list[dict[str, Any]] = field(default_factory=list)  # each step reached (the `releases.steps` column)
+    paused_at: float | None = None  # unix time of `release --pause`; None when running
+    controls: list[dict[str, Any]] = field(default_factory=list)  # manual controls applied (control.py)
+    decided_by: str | None = None  # who aborted or promoted by hand; None: the checks decided
     figures: dict[str, Any] = field(default_factory=dict)  # {"canary": {...}, "stable": {...}}
     checks: list[dict[str, Any]] = field(default_factory=list)  # each check's result (checks.CheckResult)
     outcome: str | None = None

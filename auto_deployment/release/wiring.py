@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 from app.settings import Monitoring, MySQL, Notify, Paths, Pipeline, Release, Serving
 from auto_deployment.notices import Notifier
-from auto_deployment.release.checks import default_checks
+from auto_deployment.release.checks import Tail, default_checks
 from auto_deployment.release.controller import Analysis, Controller
 from auto_deployment.release.deploy import ComposeDeployer, NativeDeployer, StableVersion, slot_urls
-from auto_deployment.release.metrics import Prometheus
+from auto_deployment.release.metrics import MetricsQuery, Prometheus
+from auto_deployment.release.quality import Quality, QualityFigures, WithQuality, log_events
 from auto_deployment.release.recorder import MySQLRecorder
 from auto_deployment.release.router import NginxRouter, NullRouter, Router
 from auto_deployment.release.state import ReleaseResult, release_lock
+from auto_deployment.release.steps import Progression
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,20 @@ class ReleaseSettings:
     mysql: MySQL
     notify: Notify
     pipeline: Pipeline
+    progression: Progression = dataclasses.field(default_factory=Progression.from_env)
+    tail: Tail = dataclasses.field(default_factory=Tail.from_env)
+    quality: Quality = dataclasses.field(default_factory=Quality.from_env)
 
     @classmethod
     def from_env(cls) -> ReleaseSettings:
         return cls(Paths.from_env(), Release.from_env(), Serving.from_env(), Monitoring.from_env(),
-                   MySQL.from_env(), Notify.from_env(), Pipeline.from_env())
+                   MySQL.from_env(), Notify.from_env(), Pipeline.from_env(), Progression.from_env(), Tail.from_env(),
+                   Quality.from_env())
+
+    def with_progression(self, **overrides: object) -> ReleaseSettings:
+        """The same settings with some `Progression` values replaced (command-line options; None = keep)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, progression=dataclasses.replace(self.progression, **given))
 
     def with_release(self, **overrides: object) -> ReleaseSettings:
         """The same settings with some `Release` values replaced (command-line options; None = keep)."""
@@ -93,16 +104,24 @@ def build_controller(
     """A controller with the real collaborators; `notify=False` when the caller sends the notice itself."""
     topology = settings.serving.topology
     paths = settings.paths
+    checks = default_checks(settings.release, settings.tail)
+    metrics: MetricsQuery = Prometheus(prometheus_url or settings.monitoring.prometheus_url, topology)
+    if settings.quality.event_log is not None:  # model quality online: the canary's lists vs stable's
+        from auto_deployment.monitor.online_eval import ProvenanceAttributor
+
+        checks = (*checks, settings.quality.check())
+        metrics = WithQuality(metrics, QualityFigures(log_events(settings.quality.event_log),
+                                                      ProvenanceAttributor(settings.mysql), topology))
     return Controller(
         topology=topology,
         deployer=build_deployer(settings, runtime, slot_urls, deploy_timeout_s, compose_hup),
-        metrics=Prometheus(prometheus_url or settings.monitoring.prometheus_url, topology),
+        metrics=metrics,
         recorder=MySQLRecorder(settings.mysql),
         stable=StableVersion(paths.version_file, paths.run_dir, settings.pipeline.repo_dir,
                              settings.pipeline.git_remote),
         models_dir=paths.models_dir,
         run_dir=paths.run_dir,
-        analysis=Analysis(settings.release.observe_s, default_checks(settings.release)),
+        analysis=Analysis(settings.release.observe_s, checks, settings.progression),
         notifier=Notifier(settings.notify) if notify else None,
         router=router or build_router(settings, runtime),
         stop=stop,

@@ -270,6 +270,8 @@ def test_accepted_run_is_released_by_the_canary_and_promoted(
                "DVC_REMOTE": str(tmp_path / "dvc-remote"), "GIT_REMOTE": "origin", "RELEASE_MIN_REQUESTS": "20",
                # a 20 s window: judge the 5xx ratio against 5% (59 clean canary requests), not 1% (299)
                "RELEASE_MAX_ERROR_RATIO": "0.05",
+               # and through shadow then the card's 20 % only, p99s compared on tens of answers (not 300)
+               "RELEASE_STEPS": "shadow,20", "RELEASE_P99_MIN_REQUESTS": "20",
                "PIPELINE_MIN_NEW_RATINGS": "100"}
         with _Load(native.stack.nginx_url) as load:
             time.sleep(1.5)

@@ -41,15 +41,15 @@ def prometheus(canary, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-def _requests_series(text: str) -> dict[tuple[str, str], float]:
-    """(version, status) -> value of the canary's recommend_requests_total in an exposition."""
+def _requests_series(text: str) -> dict[tuple[str, str, str], float]:
+    """(version, status, traffic) -> value of the canary's recommend_requests_total in an exposition."""
     found = {}
     for family in text_string_to_metric_families(text):
         if family.name != "recommend_requests":
             continue
         for sample in family.samples:
             if sample.name == "recommend_requests_total" and sample.labels.get("slot") == SLOT:
-                found[sample.labels["version"], sample.labels["status"]] = sample.value
+                found[sample.labels["version"], sample.labels["status"], sample.labels["traffic"]] = sample.value
     return found
 
 
@@ -60,7 +60,9 @@ def test_a_swapped_in_version_shows_zero_series_before_its_first_request(canary)
 
     series = _requests_series(canary.get("/metrics").text)
 
-    assert {status: series.get(("2", status)) for status in STATUSES} == dict.fromkeys(STATUSES, 0.0)
+    # live answers and the shadow step's mirrored copies alike
+    wanted = [(status, traffic) for status in STATUSES for traffic in ("live", "shadow")]
+    assert {key: series.get(("2", *key)) for key in wanted} == dict.fromkeys(wanted, 0.0)
     assert set(STATUSES) >= {"200", "400", "503"}
 
 

@@ -14,7 +14,15 @@ import pytest
 from scipy.stats import binom
 
 from app.settings import Release
-from auto_deployment.release.checks import INCONCLUSIVE, PASSED, clean_sample, default_checks, judge, upper_bound
+from auto_deployment.release.checks import (
+    INCONCLUSIVE,
+    PASSED,
+    Tail,
+    clean_sample,
+    default_checks,
+    judge,
+    upper_bound,
+)
 from auto_deployment.release.metrics import Figures, NoData
 
 GATE = Release(observe_s=1.0, max_latency_ms=500, max_error_ratio=0.01, min_requests=20, runtime="native",
@@ -22,7 +30,8 @@ GATE = Release(observe_s=1.0, max_latency_ms=500, max_error_ratio=0.01, min_requ
 
 
 def figures(**values: float) -> Figures:
-    return Figures({"latency_ms": 12.0, "error_ratio": 0.0, "requests": 400.0, "errors": 0.0, **values}, "30s")
+    return Figures({"latency_ms": 12.0, "p99_ms": 20.0, "error_ratio": 0.0, "requests": 400.0, "errors": 0.0,
+                    **values}, "30s")
 
 
 def by_name(verdict) -> dict[str, tuple[str, str]]:
@@ -52,7 +61,7 @@ def test_clean_sample_for_a_one_percent_limit_is_299():
 
 
 def test_too_few_clean_requests_are_inconclusive_never_a_pass():
-    checks = default_checks(GATE)
+    checks = default_checks(GATE, Tail(p99_min_requests=200))  # here only the 5xx ratio's sample is short
     stable = figures(requests=2000.0)
     few = judge(checks, figures(requests=298.0), stable)
     assert not few.passed
@@ -76,7 +85,8 @@ def test_a_canary_failing_ten_percent_of_twenty_requests_is_not_promoted():
 def test_an_observed_5xx_ratio_over_the_limit_fails_at_once_whatever_the_sample():
     verdict = judge(default_checks(GATE), figures(requests=20.0, errors=2.0, error_ratio=0.1), figures())
     assert by_name(verdict)["error_ratio"] == ("failed", "5xx ratio 0.1000 > 0.01")
-    assert verdict.reason == "5xx ratio 0.1000 > 0.01"
+    assert verdict.status == "failed"  # the p99's sample is too small to say anything: the failure decides
+    assert verdict.reason == "too few canary requests for p99 latency vs stable: 20 < 300; 5xx ratio 0.1000 > 0.01"
 
 
 def test_a_ratio_within_the_limit_with_failures_needs_more_than_the_clean_sample():
@@ -127,3 +137,17 @@ def test_a_small_sample_can_fail_a_check_but_never_pass_it():
     fast = judge(default_checks(GATE), figures(requests=8.0, latency_ms=3.0), figures(latency_ms=20.0))
     assert by_name(fast)["latency"] == (INCONCLUSIVE, "too few canary requests for average latency: 8 < 20")
     assert not fast.passed
+
+
+def test_p99_is_compared_with_stable_by_a_ratio_and_a_noise_floor():
+    checks = default_checks(GATE)  # p99 at most 2 × stable + 10 ms, from 300 answers on
+    stable = figures(p99_ms=30.0)
+    ok = by_name(judge(checks, figures(p99_ms=70.0), stable))["p99_vs_stable"]
+    assert ok == (PASSED, "p99 latency vs stable 70.00 ms <= 2 × stable 30.00 ms + 10 ms")  # limit 70
+    slow = by_name(judge(checks, figures(p99_ms=70.01), stable))["p99_vs_stable"]
+    assert slow[0] == "failed" and "> 2 × stable 30.00 ms + 10 ms" in slow[1]
+    few = by_name(judge(checks, figures(p99_ms=1.0, requests=299.0), stable))["p99_vs_stable"]
+    assert few == (INCONCLUSIVE, "too few canary requests for p99 latency vs stable: 299 < 300")
+    # a p99 of a small sample is its few slowest answers (a cold start): it cannot fail either, unlike an average
+    cold = by_name(judge(checks, figures(p99_ms=700.0, latency_ms=700.0, requests=50.0), stable))
+    assert cold["p99_vs_stable"][0] == INCONCLUSIVE and cold["latency"][0] == "failed"

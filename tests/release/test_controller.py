@@ -32,7 +32,6 @@ from auto_deployment.release.metrics import Figures, NoData, Prometheus
 from auto_deployment.release.recorder import MySQLRecorder
 from auto_deployment.release.state import (
     ABORT,
-    ANALYSE,
     DEPLOY_CANARY,
     DONE,
     NOTIFY,
@@ -44,6 +43,7 @@ from auto_deployment.release.state import (
     StateStore,
     release_lock,
 )
+from auto_deployment.release.steps import Progression, parse_steps
 from tests.fixtures.pipeline import git_init, sh
 from tests.fixtures.receivers import free_port
 
@@ -83,6 +83,10 @@ class Platform:
             SMTP_PORT=str(notify_settings.smtp_port),
             MAIL_TO=notify_settings.mail_to,
             SLACK_WEBHOOK_URL=notify_settings.slack_webhook,
+            # one 20 % step analysed every 0.25 s; no data aborts after 2 held intervals past the step's time
+            RELEASE_STEPS="20",
+            RELEASE_INTERVAL_S="0.25",
+            RELEASE_INCONCLUSIVE_LIMIT="2",
         )
         return env
 
@@ -118,6 +122,7 @@ def platform(slots, models_root, tmp_path) -> Platform:
 
 GATE = Release(observe_s=1.0, max_latency_ms=500, max_error_ratio=0.01, min_requests=1, runtime="native",
                slot_urls="", deploy_timeout_s=30)
+PROGRESSION = Progression(parse_steps("20"), interval_s=0.25, inconclusive_limit=2)
 
 
 def controller(platform: Platform, notify_settings, observe_s: float = 1.0, mysql: MySQL | None = None,
@@ -131,7 +136,7 @@ def controller(platform: Platform, notify_settings, observe_s: float = 1.0, mysq
         topology=topology, deployer=deployer, metrics=Prometheus(platform.dead_url, topology, timeout_s=1),
         recorder=MySQLRecorder(mysql), stable=StableVersion(platform.version_file, platform.run_dir),
         models_dir=platform.models_dir, run_dir=platform.run_dir,
-        analysis=Analysis(observe_s, default_checks(GATE)),
+        analysis=Analysis(observe_s, default_checks(GATE), PROGRESSION),
         notifier=Notifier(notify_settings) if notify else None, poll_s=0.1, **kwargs,
     )
 
@@ -151,7 +156,8 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
     assert platform.serving() == {"stable_1": 1, "stable_2": 1, "canary": 1}
     assert pointer.read_number(platform.version_file) == 1
     state = StateStore(platform.run_dir).load()
-    assert _states(state.history) == [DEPLOY_CANARY, OBSERVE, ANALYSE, ABORT, RECORD, NOTIFY, DONE]
+    assert _states(state.history) == [DEPLOY_CANARY, OBSERVE, ABORT, RECORD, NOTIFY, DONE]
+    assert "inconclusive for 2 interval(s) past the step's time" in result.reason  # held, then aborted
     # MySQL is down: the row waits in the state file for the next release
     [row] = state.pending_records
     assert row["candidate_version"] == 2 and row["previous_version"] == 1 and row["outcome"] == "aborted"
@@ -199,7 +205,8 @@ def test_rows_kept_while_mysql_is_down_are_written_by_the_next_release(
 
 
 def _figures(**values: float) -> Figures:
-    return Figures({"latency_ms": 12.0, "error_ratio": 0.0, "requests": 300.0, "errors": 0.0, **values}, "30s")
+    return Figures({"latency_ms": 12.0, "p99_ms": 20.0, "error_ratio": 0.0, "requests": 300.0, "errors": 0.0,
+                    **values}, "30s")
 
 
 def test_default_checks_name_every_failed_criterion():
@@ -208,11 +215,12 @@ def test_default_checks_name_every_failed_criterion():
     ok = judge(checks, _figures(), stable)
     assert ok.passed and ok.reason == (
         "average latency 12.0 ms < 500 ms, average latency vs stable 12.00 ms <= 1.5 × stable 10.00 ms + 5 ms, "
+        "p99 latency vs stable 20.00 ms <= 2 × stable 20.00 ms + 10 ms, "
         "5xx ratio 0.0000 <= 0.01 (95% upper bound 0.0099 over 300 requests)")
     slow = judge(checks, _figures(latency_ms=700.0), stable)
     assert not slow.passed and slow.reason.startswith("average latency 700.0 ms >= 500 ms; ")
     assert [(r.name, r.status) for r in slow.results] == [
-        ("latency", "failed"), ("latency_vs_stable", "failed"), ("error_ratio", "passed")]
+        ("latency", "failed"), ("latency_vs_stable", "failed"), ("p99_vs_stable", "passed"), ("error_ratio", "passed")]
     bad = judge(checks, _figures(latency_ms=500.0, error_ratio=0.2, requests=5.0, errors=1.0), stable)
     assert not bad.passed and "average latency 500.0 ms >= 500 ms" in bad.reason  # few, but failing: a failure
     assert "5xx ratio 0.2000 > 0.01" in bad.reason

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from app.contracts.topology import Slot, Topology
 from app.settings import Release
-from auto_deployment.release.checks import default_checks, judge
+from auto_deployment.release.checks import Tail, default_checks, judge
 from auto_deployment.release.metrics import QUERIES, Figures, NoData, Prometheus, QueryFailed, queries
 from tests.fixtures.ports import free_port
 from tests.fixtures.prometheus import running_prometheus
@@ -125,12 +125,27 @@ def test_client_400s_never_veto_a_canary_only_its_5xx_count(fed_prometheus):
     assert isinstance(canary, Figures)
     assert canary["errors"] == 0.0 and canary["error_ratio"] == 0.0  # half its answers were 400s
     assert canary["requests"] >= 299  # every answer is in the sample, 400s included
-    verdict = judge(default_checks(Release.from_env()), canary, query.figures("stable", 2, window_s=WINDOW_S))
+    checks = default_checks(Release.from_env(), Tail(p99_min_requests=100))  # the feed's 4 s window holds ~320
+    verdict = judge(checks, canary, query.figures("stable", 2, window_s=WINDOW_S))
     assert verdict.passed, verdict.reason
     # the candidate with 503s is judged on them: 10% of its answers, far over the 1% limit
-    failing = judge(default_checks(Release.from_env()), query.figures("canary", 3, window_s=WINDOW_S),
+    failing = judge(checks, query.figures("canary", 3, window_s=WINDOW_S),
                     query.figures("stable", 2, window_s=WINDOW_S))
     assert not failing.passed and "5xx ratio 0.1" in failing.reason
+
+
+def test_p99_is_interpolated_within_the_bucket_that_holds_it(fed_prometheus):
+    # prometheus-client's default buckets: every version-3 success (200 ms) lies in (100, 250] ms, so
+    # histogram_quantile puts the 99th percentile at 100 + 0.99 × 150 = 248.5 ms; every stable success (30 or
+    # 50 ms) in (25, 50]: 25 + 0.99 × 25 = 49.75 ms. Version 3 then fails "p99 <= 2 × stable + 10 ms" (109.5).
+    query = Prometheus(fed_prometheus, TOPOLOGY)
+    canary, stable = query.figures("canary", 3, window_s=WINDOW_S), query.figures("stable", 2, window_s=WINDOW_S)
+    assert isinstance(canary, Figures) and isinstance(stable, Figures)
+    assert canary["p99_ms"] == pytest.approx(248.5, rel=1e-9)
+    assert stable["p99_ms"] == pytest.approx(49.75, rel=1e-9)
+    checks = default_checks(Release.from_env(), Tail(p99_min_requests=100))  # the feed's 4 s window holds ~320
+    [p99] = [r for r in judge(checks, canary, stable).results if r.name == "p99_vs_stable"]
+    assert (p99.status, p99.limit) == ("failed", pytest.approx(109.5))
 
 
 def test_version_without_series_is_no_data_with_a_reason(fed_prometheus):
