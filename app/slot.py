@@ -44,6 +44,20 @@ Checked against ``tracking`` (``MOVIEREC_VERIFY_TRACKING``, default on)
     * MySQL unreachable or the query fails: served (the files passed their checksums) and logged as
       unverified - a slot never stops serving, nor refuses to start, because MySQL is down.
 
+Served from a private read-only copy
+    A bundle is never opened in the model store itself: the similarity matrix is memory-mapped,
+    so a store file truncated under a worker would kill it with SIGBUS, and one rewritten in place
+    would change the model it serves. Before loading, the slot copies the files ``checksums.json``
+    lists into ``<run_dir>/bundles/<slot>/<checksum>/`` (the checksum is the sha256 of the copied
+    ``checksums.json``, the one `tracking` records), hashing each file as it copies and refusing a
+    copy that does not match; only a complete, matching copy is renamed into place, its files
+    ``0444`` and its folder ``0555``. The workers of a slot share that one copy (so their mmaps
+    share pages); a second worker finds it and only verifies it. Whatever happens to the store
+    afterwards, a serving worker is unchanged: a later change of the store's files only makes the
+    slot try the new bytes, which it refuses if they are broken. Copies nothing serves are removed
+    after each swap and every ``COPY_SWEEP_S`` once ``COPY_GRACE_S`` has passed since a worker
+    last used them (removing a mapped file is safe: its pages live until unmapped).
+
 SIGHUP also works
     ``kill -HUP <master>`` re-reads the config and forks new workers, which load the version the
     pointer names *before* accepting; the old workers then finish their in-flight requests and
@@ -60,8 +74,14 @@ Fault injection (drills)
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
+import os
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +96,12 @@ from app.settings import MySQL, Paths, Serving
 
 log = logging.getLogger(__name__)
 
+COPY_GRACE_S = 60.0  # a finished copy no worker has used for this long may be removed
+STALE_TMP_S = 3600.0  # a half-made copy this old was left by a killed worker
+COPY_SWEEP_S = 60.0  # how often the poll thread looks for unused copies
+READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+READ_ONLY_DIR = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -84,10 +110,11 @@ class Loaded:
     model: Recommender
     version: str  # X-Model-Version
     version_number: int  # provenance `version_number` (0 when the bundle has no numeric version)
-    directory: Path
-    signature: tuple  # stat of the bundle files it was loaded from
+    directory: Path  # the private read-only copy it was loaded from (what actually serves)
+    signature: tuple  # stat of the store's bundle files when it was copied ("did the store change")
     fallback: tuple[str, ...]  # list for error paths: the model's `fallback` (nothing known), adult-free
     load_seconds: float
+    source: Path = Path()  # the bundle in the model store the copy was made from
 
     @property
     def metadata(self) -> dict:
@@ -126,6 +153,8 @@ class ModelSlot:
         self._lock = threading.Lock()  # one check at a time (start() and the thread)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.copies_dir = paths.run_dir / "bundles" / serving.slot
+        self._swept = time.monotonic()
 
     # ------------------------------------------------------------------ request side
     @property
@@ -157,6 +186,8 @@ class ModelSlot:
         while not self._stop.wait(max(0.05, self.serving.reload_poll_s)):
             try:
                 self.check()
+                if time.monotonic() - self._swept >= COPY_SWEEP_S:
+                    self.sweep_copies()
             except Exception:  # the follower must never die: log and keep polling
                 log.exception("model slot check failed", extra=kv(slot=self.serving.slot))
 
@@ -171,9 +202,16 @@ class ModelSlot:
             directory, want_version = target
             signature = bundle.signature(directory)
             current = self._current
-            if current is not None and current.directory == directory and current.signature == signature:
+            if current is not None and current.source == directory and current.signature == signature:
                 return
             if self._failed == (directory, signature):
+                return
+            if current is not None and current.source == directory and self._same_copy(directory, current):
+                # the store's files changed but its checksums.json did not: the copy that serves is still this
+                # bundle's; nothing to load (the store may be damaged; the serving copy is not)
+                self._current = dataclasses.replace(current, signature=signature)
+                log.warning("bundle files changed in the model store, serving its private copy unchanged",
+                            extra=kv(slot=self.serving.slot, bundle=directory, copy=current.directory.name))
                 return
             try:
                 loaded = self._load(directory, want_version, signature)
@@ -199,12 +237,14 @@ class ModelSlot:
                 slot=self.serving.slot,
                 version=loaded.version,
                 previous=current.version if current else "none",
-                bundle=loaded.directory,
+                bundle=loaded.source,
+                copy=loaded.directory.name,
                 load_s=round(loaded.load_seconds, 3),
             ),
         )
         if self.on_swap is not None:
             self.on_swap(current, loaded)
+        self.sweep_copies()
 
     @property
     def last_good_file(self) -> Path:
@@ -281,7 +321,7 @@ class ModelSlot:
     def _load(self, directory: Path, want_version: str | None, signature: tuple) -> Loaded:
         """Load, verify and smoke-test a bundle off the request path; raises on any problem."""
         started = time.perf_counter()
-        model = Recommender.load(directory)  # verifies every checksum
+        copy, model = self._load_copy(directory)
         recorded = str(model.metadata.get("version", "")).strip()
         if want_version is not None:
             if recorded.isdigit() and str(int(recorded)) != want_version:
@@ -298,19 +338,99 @@ class ModelSlot:
         if not fallback:
             raise BundleError(f"model bundle {directory} recommends nothing (empty catalogue?)")
         number = int(version) if version.isdigit() else 0
-        self._check_tracking(directory, number)
+        self._check_tracking(copy, number, directory)
         return Loaded(
             model=model,
             version=version,
             version_number=number,
-            directory=directory,
+            directory=copy,
             signature=signature,
             fallback=fallback,
             load_seconds=time.perf_counter() - started,
+            source=directory,
         )
 
-    def _check_tracking(self, directory: Path, number: int) -> None:
-        """Refuse a bundle whose checksum is not the one `tracking` recorded for its version (policy: docstring)."""
+    # ------------------------------------------------------------------ private copies
+    @staticmethod
+    def _same_copy(directory: Path, current: Loaded) -> bool:
+        """Does the store's ``checksums.json`` still name the copy serving now?"""
+        try:
+            return hashlib.sha256((directory / bundle.CHECKSUMS).read_bytes()).hexdigest() == current.directory.name
+        except OSError:
+            return False
+    def _load_copy(self, directory: Path) -> tuple[Path, Recommender]:
+        """Copy (or find the copy of) `directory` and load it; a found copy that fails is made again, once."""
+        copy, fresh = self._private_copy(directory)
+        try:
+            return copy, Recommender.load(copy)  # verifies every checksum of the copy it will serve
+        except BundleError as exc:
+            if fresh:
+                raise
+            log.warning("bundle copy damaged, copying again",
+                        extra=kv(slot=self.serving.slot, copy=copy.name, reason=exc))
+            _remove_tree(copy)
+        copy, _ = self._private_copy(directory)
+        return copy, Recommender.load(copy)
+
+    def _private_copy(self, directory: Path) -> tuple[Path, bool]:
+        """The read-only copy of `directory` this slot serves from, and whether this call made it."""
+        sums_raw = _read_checksums(directory)
+        name = hashlib.sha256(sums_raw).hexdigest()
+        final = self.copies_dir / name
+        if final.is_dir():
+            with contextlib.suppress(OSError):
+                os.utime(final)  # "in use": the sweep keeps it
+            return final, False
+        self.copies_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.copies_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            _copy_verified(directory, sums_raw, tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():  # not "another worker was quicker"
+                    raise
+                log.debug("bundle copy made by another worker", extra=kv(slot=self.serving.slot, copy=name))
+            else:
+                log.info("bundle copied for serving", extra=kv(slot=self.serving.slot, bundle=directory, copy=name))
+        finally:
+            if tmp.exists():
+                _remove_tree(tmp)
+        return final, True
+
+    def sweep_copies(self) -> list[str]:
+        """Remove copies nothing serves (past their grace) and half-made ones of killed workers; returns them."""
+        self._swept = time.monotonic()
+        current = self._current
+        keep = current.directory.name if current is not None else None
+        removed: list[str] = []
+        try:
+            entries = list(os.scandir(self.copies_dir))
+        except OSError:
+            return removed
+        now = time.time()
+        for entry in entries:
+            if entry.name == keep:
+                continue
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if age < (STALE_TMP_S if entry.name.endswith(".tmp") else COPY_GRACE_S):
+                continue
+            try:
+                _remove_tree(Path(entry.path))
+            except OSError as exc:
+                log.warning("cannot remove an unused bundle copy",
+                            extra=kv(slot=self.serving.slot, copy=entry.name, reason=exc))
+                continue
+            removed.append(entry.name)
+        if removed:
+            log.info("unused bundle copies removed", extra=kv(slot=self.serving.slot, copies=",".join(removed)))
+        return removed
+
+    def _check_tracking(self, copy: Path, number: int, directory: Path) -> None:
+        """Refuse a bundle whose checksum (of the `copy` that serves) is not the one `tracking` recorded."""
         if not self.mysql.verify_tracking:
             return
         why = ""
@@ -325,7 +445,7 @@ class ModelSlot:
                 if tracked is None:
                     why = f"version {number} has no tracking row with a model checksum"
                 else:
-                    actual = bundle.checksum(directory)
+                    actual = bundle.checksum(copy)
                     if actual != tracked:
                         raise BundleError(
                             f"model bundle {directory} has checksum {actual}, tracking records {tracked} for "
@@ -373,3 +493,53 @@ class ModelSlot:
                 source=self.faults.source,
             ),
         )
+
+
+def _read_checksums(directory: Path) -> bytes:
+    """``checksums.json`` read once, so the copy and its name agree; valid per `bundle.listed_files`."""
+    try:
+        raw = (directory / bundle.CHECKSUMS).read_bytes()
+    except OSError:
+        raw = b""  # listed_files below says why (missing bundle, missing file)
+    listed = bundle.listed_files(directory)  # exists, parses, lists metadata.json, names only plain files
+    try:
+        same = json.loads(raw) == listed
+    except ValueError:
+        same = False
+    if not same:
+        raise BundleError(f"model bundle {directory}: {bundle.CHECKSUMS} changed while being read")
+    return raw
+
+
+def _copy_verified(directory: Path, sums_raw: bytes, target: Path) -> None:
+    """Copy every file `sums_raw` lists into `target`, hashing as it copies; read-only when done.
+
+    Hashing the bytes actually written (not the store's file a second time) is what makes the copy
+    trustworthy: a store file changed during the copy gives a mismatch here, never a mixed copy.
+    """
+    sums = json.loads(sums_raw)  # validated by `_read_checksums`
+    target.mkdir(parents=True)
+    for name, expected in sums.items():
+        digest = hashlib.sha256()
+        try:
+            with (directory / name).open("rb") as src, (target / name).open("xb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except FileNotFoundError:
+            raise BundleError(f"model bundle {directory} is partial: {name} missing") from None
+        if digest.hexdigest() != expected:
+            raise BundleError(f"model bundle {directory}: checksum mismatch on {name} (corrupt or tampered)")
+        os.chmod(target / name, READ_ONLY_FILE)
+    (target / bundle.CHECKSUMS).write_bytes(sums_raw)
+    os.chmod(target / bundle.CHECKSUMS, READ_ONLY_FILE)
+    os.chmod(target, READ_ONLY_DIR)
+
+
+def _remove_tree(path: Path) -> None:
+    """`shutil.rmtree` of a copy whose folder is read-only (files in it can only go once it is writable)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, stat.S_IRWXU)
+    shutil.rmtree(path)
