@@ -4,7 +4,8 @@ Every bundle, whatever its algorithm, is ``models/<version>/`` holding
 
 - ``metadata.json``: ``algorithm`` (the key the recommender registry loads it by), ``params``,
   ``version``, ``trained_at``, ``data_checksum``, ``rmse`` and other metrics, ``code_commit``;
-- the algorithm's own files (arrays only, never pickles);
+- the algorithm's own files (arrays only, never pickles); large arrays each in a ``<name>.npy`` of
+  their own, named by the metadata's ``npy_arrays`` list, so a server can memory-map them read-only;
 - ``checksums.json``: the sha256 of every other file, written last.
 
 A bundle may be served only once `verify` passes: every listed file present and matching, and
@@ -25,6 +26,7 @@ from app.files import sha256_file, write_json_atomic
 
 METADATA = "metadata.json"
 CHECKSUMS = "checksums.json"
+NPY_ARRAYS = "npy_arrays"  # metadata key: arrays stored as their own <name>.npy (memory-mapped at load)
 
 
 class BundleError(ValueError):

@@ -19,9 +19,13 @@ warm user; > 0 means "recommend"). Everything else is decided here, once, for ev
   names the ``algorithm``; `load` finds its class in `ALGORITHMS`, which each algorithm's module
   fills by decorating its class with `register`.
 
-Bundle files: ``arrays.npz`` (the base's arrays and the algorithm's `arrays`), ``ids.json`` (raw
-ids, profile-only users), ``metadata.json``, the algorithm's own files (`write_files`), and
-``checksums.json`` listing them all.
+Bundle files: ``arrays.npz`` (the base's arrays and the algorithm's `arrays`), ``ids.json`` (movie
+ids), ``metadata.json``, the algorithm's own files (`write_files`), and ``checksums.json`` listing them
+all. An array of at least ``NPY_MIN_BYTES`` is stored instead as its own ``<name>.npy`` (metadata
+``npy_arrays`` names them) and memory-mapped read-only at load, so the workers and slots serving one
+version share its pages and loading a million-user bundle reads almost nothing. Raw user ids are found
+with a binary search over a sorted copy (``user_index``: inner ids in raw-id order), never a per-user
+Python dict. Bundles written before (user ids and profile-only users in ``ids.json``) still load.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ LIST_WIDTH = 20  # the lists materialised at training: what the server asks for
 RATING_SCALE = (1.0, 5.0)
 ARRAYS = "arrays.npz"
 IDS = "ids.json"
+NPY_MIN_BYTES = 1 << 20  # arrays this large get their own memory-mapped .npy; small ones stay in arrays.npz
 DEFAULT_ALGORITHM = "user_knn"
 # Above this many users `train` (no algorithm named) fits SCALABLE_ALGORITHM instead of the exact one. Surprise's
 # user-user fit holds a dense n × n float64 plus ~5 temporaries (≈ 48·n² bytes): ~20,000 users fill 24 GiB and
@@ -144,16 +149,34 @@ class Recommender:
     cold_order: dict[str, np.ndarray]  # gender key ('M', 'F', '') → movie inner ids, best first
     params: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
-    # Attributes of users the training set knows but who rated nothing (cold users with a profile).
-    extra_users: dict[int, Profile] = field(default_factory=dict)
+    # Attributes of users the training set knows but who rated nothing (cold users with a profile): given as
+    # {raw id: profile}, kept as (sorted raw ids, age, gender) arrays (`extra_arrays`).
+    extra_users: Any = field(default_factory=dict)
     # user × LIST_WIDTH movie inner ids, best first, -1 padded (None: bundles from before it existed)
     top_lists: np.ndarray | None = None
 
+    # inner user ids in ascending raw-id order, and the raw ids in that order (`_inner_user` searches them);
+    # computed when not given, memory-mapped from large bundles
+    user_index: np.ndarray | None = None
+    sorted_user_ids: np.ndarray | None = None
+
     def __post_init__(self) -> None:
-        self._uid = {int(u): i for i, u in enumerate(self.user_ids)}
-        self._iid = {str(m): i for i, m in enumerate(self.movie_ids)}
-        self._n_ratings = np.diff(self.user_items.indptr)
+        if self.user_index is None or self.sorted_user_ids is None:
+            self.user_index = np.argsort(self.user_ids, kind="stable")
+            self.sorted_user_ids = np.asarray(self.user_ids, np.int64)[self.user_index]
+        self._iid = {str(m): i for i, m in enumerate(self.movie_ids)}  # the catalogue only, not per user
+        if isinstance(self.extra_users, dict):
+            self.extra_users = extra_arrays(self.extra_users)
         self._movie_strs = [str(m) for m in self.movie_ids]  # indexing a numpy str array per item is slow
+
+    def _inner_user(self, user_id: int) -> int | None:
+        """Inner id of a raw user id by binary search (no per-user Python object), None if unknown."""
+        return _find(self.sorted_user_ids, user_id, self.user_index)
+
+    def _extra_profile(self, user_id: int) -> Profile | None:
+        ids, age, gender = self.extra_users
+        j = _find(ids, user_id)
+        return None if j is None else (float(age[j]), str(gender[j]))
 
     # ------------------------------------------------------------------ what an algorithm implements
     def estimate(self, u: int | None, i: int | None) -> float:
@@ -186,7 +209,7 @@ class Recommender:
     # ------------------------------------------------------------------ predict
     def predict(self, user_id: int, movie_id: str) -> float:
         """Rating estimate in [1, 5] (unknown user or movie: the algorithm's baseline for what is known)."""
-        u = self._uid.get(int(user_id))
+        u = self._inner_user(user_id)
         i = self._iid.get(str(movie_id))
         return float(np.clip(self.estimate(u, i), *RATING_SCALE))
 
@@ -197,11 +220,10 @@ class Recommender:
 
     def explain(self, user_id: int, n: int = LIST_WIDTH) -> Recommendation:
         """The list and how it was made (warm, cold, fallback), in one lookup."""
-        uid = int(user_id)
-        u = self._uid.get(uid)
+        u = self._inner_user(user_id)
         strs = self._movie_strs
         if u is None:
-            profile = self.extra_users.get(uid)
+            profile = self._extra_profile(user_id)
             if profile is None:
                 return Recommendation(self.fallback(n), FALLBACK)
             return Recommendation([strs[i] for i in self._finish(profile, None, None, n)], COLD)
@@ -217,11 +239,12 @@ class Recommender:
 
     def is_cold(self, user_id: int) -> bool:
         """Unknown, or fewer ratings than `cold_min_ratings`: the cold-start ranking serves this user."""
-        u = self._uid.get(int(user_id))
+        u = self._inner_user(user_id)
         return u is None or self._how(u) != WARM
 
     def _how(self, u: int) -> str:
-        return COLD if self._n_ratings[u] < int(self.params["cold_min_ratings"]) else WARM
+        indptr = self.user_items.indptr
+        return COLD if indptr[u + 1] - indptr[u] < int(self.params["cold_min_ratings"]) else WARM
 
     def _profile(self, u: int) -> Profile:
         return float(self.user_age[u]), str(self.user_gender[u])
@@ -352,21 +375,32 @@ class Recommender:
             **{f"cold_{k or 'none'}": v for k, v in self.cold_order.items()},
             **({} if self.top_lists is None else {"top_lists": self.top_lists}),
         }
+        ex_ids, ex_age, ex_gender = self.extra_users
+        base.update(user_ids=np.asarray(self.user_ids, np.int64), user_index=np.asarray(self.user_index, np.int64),
+                    sorted_user_ids=np.asarray(self.sorted_user_ids, np.int64),
+                    extra_user_ids=ex_ids, extra_user_age=ex_age, extra_user_gender=ex_gender.astype("U1"))
         own = self.arrays()
         clash = set(base) & set(own)
         if clash:
             raise ValueError(f"{type(self).__name__} arrays shadow the base's: {sorted(clash)}")
-        write_bytes_atomic(directory / ARRAYS, lambda fh: np.savez(fh, **base, **own))
-        ids = {
-            "user_ids": self.user_ids.tolist(),
-            "movie_ids": self.movie_ids.tolist(),
-            "extra_users": {str(k): [None if np.isnan(a) else a, g] for k, (a, g) in self.extra_users.items()},
-        }
-        write_text_atomic(directory / IDS, json.dumps(ids))
+        every = {**base, **own}
+        big = sorted(k for k, v in every.items() if np.asarray(v).nbytes >= NPY_MIN_BYTES)
+        for name in big:  # one file each, so `load` can memory-map it
+            write_bytes_atomic(directory / f"{name}.npy",
+                               lambda fh, a=every[name]: np.save(fh, np.ascontiguousarray(a), allow_pickle=False))
+        write_bytes_atomic(directory / ARRAYS, lambda fh: np.savez(fh, **{k: v for k, v in every.items()
+                                                                            if k not in big}))
+        write_text_atomic(directory / IDS, json.dumps({"movie_ids": self.movie_ids.tolist()}))
         self.write_files(directory)
         write_json_atomic(directory / bundle.METADATA, {**self.metadata, "algorithm": self.algorithm,
-                                                         "params": self.params})
-        bundle.write_checksums(directory, (ARRAYS, IDS, *self.FILES))
+                                                         "params": self.params, bundle.NPY_ARRAYS: big})
+        try:
+            before = set(bundle.listed_files(directory))
+        except BundleError:
+            before = set()
+        for stale in before - {ARRAYS, IDS, bundle.METADATA, *self.FILES, *(f"{n}.npy" for n in big)}:
+            (directory / stale).unlink(missing_ok=True)  # saving over an older bundle: its extra arrays go
+        bundle.write_checksums(directory, (ARRAYS, IDS, *self.FILES, *(f"{n}.npy" for n in big)))
         return directory
 
     @classmethod
@@ -378,6 +412,14 @@ class Recommender:
         """
         directory = Path(directory)
         meta = bundle.verify(directory, required=(ARRAYS, IDS)) if verify else bundle.read_metadata(directory)
+        npy = meta.get(bundle.NPY_ARRAYS, [])
+        if not isinstance(npy, list) or not all(isinstance(n, str) and n.isidentifier() for n in npy):
+            raise BundleError(f"model bundle {directory}: metadata {bundle.NPY_ARRAYS} is not a list of array names")
+        if verify:
+            listed = bundle.listed_files(directory)
+            missing = [f"{n}.npy" for n in npy if f"{n}.npy" not in listed]
+            if missing:
+                raise BundleError(f"model bundle {directory} is partial: {missing[0]} not listed in {bundle.CHECKSUMS}")
         algo = algorithm_class(meta.get("algorithm"), f"model bundle {directory}")
         if not issubclass(algo, cls):
             raise BundleError(f"model bundle {directory} holds {algo.algorithm}, not {cls.__name__}")
@@ -388,11 +430,25 @@ class Recommender:
                     raise BundleError(f"model bundle {directory} is partial: {name} not listed in {bundle.CHECKSUMS}")
         try:
             ids = json.loads((directory / IDS).read_text())
-            n_users, n_items = len(ids["user_ids"]), len(ids["movie_ids"])
             with np.load(directory / ARRAYS, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
+            for name in npy:
+                arrays[name] = np.load(directory / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            if "user_ids" in ids:  # bundles from before: ids and profile-only users in ids.json
+                arrays["user_ids"] = np.array(ids["user_ids"], dtype=np.int64)
+                extra = extra_arrays({int(k): (float("nan") if a is None else float(a), g)
+                                      for k, (a, g) in ids.get("extra_users", {}).items()})
+            else:
+                extra = (arrays["extra_user_ids"], arrays["extra_user_age"], arrays["extra_user_gender"])
+            n_users, n_items = len(arrays["user_ids"]), len(ids["movie_ids"])
+            user_index, sorted_ids = arrays.get("user_index"), arrays.get("sorted_user_ids")
+            for name, a in (("user_index", user_index), ("sorted_user_ids", sorted_ids)):
+                if a is not None and a.shape != (n_users,):
+                    raise ValueError(f"{name} has shape {a.shape}, expected ({n_users},)")
             model = algo(
-                user_ids=np.array(ids["user_ids"], dtype=np.int64),
+                user_ids=arrays["user_ids"],
+                user_index=user_index,
+                sorted_user_ids=sorted_ids,
                 movie_ids=np.array(ids["movie_ids"], dtype=str),
                 user_items=csr_from(arrays, "user_items", (n_users, n_items)),
                 adult=arrays["adult"],
@@ -402,10 +458,7 @@ class Recommender:
                             if k.startswith("cold_")},
                 params=meta.get("params", {}),
                 metadata=meta,
-                extra_users={
-                    int(k): (float("nan") if a is None else float(a), g)
-                    for k, (a, g) in ids.get("extra_users", {}).items()
-                },
+                extra_users=extra,
                 top_lists=arrays.get("top_lists"),
                 **algo.read_fields(arrays, directory, n_users, n_items, mmap),
             )
@@ -420,8 +473,37 @@ class Recommender:
 
 # ---------------------------------------------------------------------- helpers for algorithms
 def csr_arrays(name: str, m: sparse.csr_matrix) -> dict[str, np.ndarray]:
-    """A CSR matrix as three named arrays for ``arrays.npz``."""
-    return {f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr}
+    """A CSR matrix as three named arrays for the bundle.
+
+    Both index arrays get one dtype, int32 whenever it fits: scipy copies (downcasts) int64 indices it
+    could hold in int32, which would undo memory-mapping them.
+    """
+    small = max(m.nnz, *m.shape) < np.iinfo(np.int32).max
+    dtype = np.int32 if small else np.int64
+    return {f"{name}_data": m.data, f"{name}_indices": m.indices.astype(dtype, copy=False),
+            f"{name}_indptr": m.indptr.astype(dtype, copy=False)}
+
+
+def extra_arrays(extra: Mapping[int, Profile]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """{raw id: (age, gender)} of profile-only users as (sorted raw ids, ages, genders) arrays."""
+    ids = np.array(sorted(extra), dtype=np.int64)
+    age = np.array([extra[int(k)][0] for k in ids], dtype=float)
+    gender = np.array([extra[int(k)][1] for k in ids], dtype="U1")
+    return ids, age, gender
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def _find(sorted_ids: np.ndarray, raw: int, positions: np.ndarray | None = None) -> int | None:
+    """Position of `raw` in `sorted_ids` (mapped through `positions` when given), None if absent."""
+    key = int(raw)
+    if not _INT64_MIN <= key <= _INT64_MAX:
+        return None
+    j = int(np.searchsorted(sorted_ids, key))
+    if j >= len(sorted_ids) or sorted_ids[j] != key:
+        return None
+    return int(positions[j]) if positions is not None else j
 
 
 def csr_from(arrays: Mapping[str, np.ndarray], name: str, shape: tuple[int, int]) -> sparse.csr_matrix:

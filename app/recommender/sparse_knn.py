@@ -5,10 +5,15 @@ so it ends near 20,000 users on a 24 GiB machine. This algorithm answers the sam
 per-user neighbour lists (memory n·k, no n × n array in fit or bundle):
 
 * ``estimate(u, i)``: KNNBaseline's, with the similarity of a rater who is not among u's stored
-  ``neighbours`` taken as 0. Where every positively similar user is stored (k ≥ co-raters) it equals
-  the exact path's to ~1e-12 (tested); with a small k the RMSE moves by a bounded amount (tested on
-  MovieLens-100k).
+  ``neighbours`` taken as 0. Where every positively similar user is stored (k ≥ co-raters, every
+  co-rater scored) it equals the exact path's to ~1e-12 (tested); with a small k or the capped
+  candidates the RMSE moves by a bounded amount (tested on MovieLens-100k).
 * ``score(u)``: the same neighbour support as `UserKNN` (the same k-wide ``rank_nb_idx``/``rank_nb_w``).
+
+Which users are neighbours: by default each user's candidates come from movies' capped rater lists
+(``rater_cap``, ``candidates``: cost ~ ratings, not users²), each scored with the exact pearson_baseline;
+``rater_cap=0, candidates=0`` scores every co-rater (the exact top-k, cost ~ users²). `bench/scale.py`
+measures the recall of the one against the other.
 
 `Recommender.train` picks it above ``exact_max_users`` users (see `base.EXACT_MAX_USERS`). Fitting is in
 `app.recommender.fit_sparse_knn`, which serving never imports.
@@ -40,7 +45,11 @@ class SparseUserKNN(Recommender):
     PARAMS: ClassVar[dict[str, Any]] = {
         **UserKNN.PARAMS,
         "neighbours": 200,  # stored per user for the estimate (memory n·k): the k raters used come from these
-        "candidates": 0,  # pruning: per user, only this many most co-rating users are re-scored (0: all)
+        # Candidate pairs (fit_sparse_knn._capped_candidates): each movie lends pairs among at most `rater_cap`
+        # of its raters (0: all of them, the exact top-k at a cost ~ users²), and per user the `candidates`
+        # users sharing most such movies are re-scored exactly (0: all). Cost ~ ratings·rater_cap.
+        "rater_cap": 200,
+        "candidates": 300,
     }
 
     global_mean: float

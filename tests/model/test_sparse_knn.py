@@ -17,11 +17,12 @@ from auto_deployment.model.evaluate import rating_split, rmse_report
 from tests.model.conftest import ADULT, COLD_MINOR, MINORS, N_MOVIES, PROFILE_ONLY_MINOR
 
 EVERYONE = 100_000  # more neighbours than any test set has users: every neighbour is found
+EXACT = {"neighbours": EVERYONE, "rater_cap": 0, "candidates": 0}  # every co-rater scored, every neighbour kept
 
 
 @pytest.fixture(scope="module")
 def sparse_model(catalogue) -> SparseUserKNN:
-    model = Recommender.train(*catalogue, algorithm="user_knn_sparse", neighbours=EVERYONE)
+    model = Recommender.train(*catalogue, algorithm="user_knn_sparse", **EXACT)
     assert isinstance(model, SparseUserKNN)
     return model
 
@@ -42,7 +43,7 @@ def test_with_every_neighbour_estimates_and_lists_equal_the_exact_path(model, sp
 def test_on_movielens_every_neighbour_gives_the_exact_estimates_and_a_small_k_a_bounded_rmse(ml100k):
     train, test = rating_split(ml100k.ratings)
     exact = Recommender.train(train, ml100k.users, ml100k.movies, materialise=False)
-    full = Recommender.train(train, ml100k.users, ml100k.movies, algorithm="user_knn_sparse", neighbours=EVERYONE,
+    full = Recommender.train(train, ml100k.users, ml100k.movies, algorithm="user_knn_sparse", **EXACT,
                              materialise=False)
     rows = test.head(2000)
     pairs = zip(rows.user_id, rows.movie_id, strict=True)
@@ -52,7 +53,7 @@ def test_on_movielens_every_neighbour_gives_the_exact_estimates_and_a_small_k_a_
     base = rmse_report(exact, test)["rmse"]
     for k, bound in ((200, 0.006), (50, 0.03)):
         small = Recommender.train(train, ml100k.users, ml100k.movies, algorithm="user_knn_sparse", neighbours=k,
-                                  materialise=False)
+                                  rater_cap=0, candidates=0, materialise=False)
         assert np.diff(small.nb.indptr).max() <= k
         assert 0 <= rmse_report(small, test)["rmse"] - base <= bound, k
 
