@@ -22,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "release": ("auto_deployment.release.cli", "canary release of a version: deploy, observe, promote or abort"),
     "schedule": ("auto_deployment.scheduler", "run the pipeline periodically"),
     "audit": ("auto_deployment.audit", "which model served a user, and what a version served"),
-    "report": ("auto_deployment.monitor.report", "reports (online evaluation, data)"),
+    "report": ("auto_deployment.monitor.report", "reports: online, data quality and drift, evaluation (HTML too)"),
+    "console": ("auto_deployment.console", "read-only web console: versions, releases, audit, reports"),
 }
 
 

@@ -1,5 +1,6 @@
 # Pipeline image: `python -m auto_deployment ...` (train, run, release, schedule, audit), the schema job
-# (`python -m auto_deployment.schema apply`), the first model (docker/model-init.sh) and the compose
+# (`python -m auto_deployment.schema apply`), the first model (docker/model-init.sh), the release of a versioned
+# bundle (docker/deploy.sh), the simulator, the online-evaluation exporter and the compose
 # rendering of the configs that need secrets (`python -m ops.stack render --variant compose --out DIR`).
 #
 #   docker build -f docker/pipeline.Dockerfile -t movierec/pipeline .
@@ -26,7 +27,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /srv --no-create-home movierec \
- && mkdir -p /srv/models /srv/data /srv/run/slots /srv/run/nginx /srv/config \
+ && mkdir -p /srv/models /srv/data /srv/run/slots /srv/run/nginx /srv/config /srv/events /srv/checkout \
  && chown -R movierec:movierec /srv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -44,7 +45,7 @@ COPY simulator/ simulator/
 COPY ops/ ops/
 COPY nginx/ nginx/
 COPY monitoring/ monitoring/
-COPY docker/model-init.sh docker/
+COPY docker/model-init.sh docker/deploy.sh docker/
 # Last: the commit changes with every build, and everything after it is rebuilt.
 ARG CODE_COMMIT=unknown
 ENV MOVIEREC_CODE_COMMIT=${CODE_COMMIT}

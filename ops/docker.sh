@@ -11,6 +11,8 @@
 #   ops/docker.sh services    the compose services that run with the stand-ins (all but $LOCAL_SKIP)
 #   ops/docker.sh compose ARGS...  docker-compose -f compose.yml ARGS... with the stand-ins
 #   ops/docker.sh up | down   start engine + bases + wheelhouse + `compose up -d --build` / `compose down`
+#   ops/docker.sh compose-v2  build Compose v2 ($COMPOSE_V2_VERSION) from its Go module (go install) and print its
+#                             path: COMPOSE=<that path> makes `compose` use it instead of Debian's docker-compose 1.29
 #
 # Why stand-ins: compose.yml takes every base image as a variable with the public default
 # (python:3.11-slim, mysql:8, nginx:1.27, prom/prometheus, ...). Where those cannot be pulled, `bases`
@@ -18,10 +20,12 @@
 # image per public base from Debian's packages (docker/bases/*.Dockerfile), with the same interface
 # (entrypoint, paths, ports, environment) that compose.yml relies on. Grafana and cAdvisor have no Debian
 # package: `services` leaves them out here ($LOCAL_SKIP); with a registry, compose.yml runs them as usual.
+# Kafka's stand-in runs the jars of ops/kafka/pom.xml (the broker of ops/kafka.sh) on Debian's Java 17.
 #
 # Settings (environment): MOVIEREC_RUN_DIR (state under <run>/docker), DOCKER_DATA_ROOT (/var/lib/docker),
 # DOCKER_STORAGE_DRIVER (overlay2), DEBIAN_MIRROR (default: this machine's apt mirror), DOCKER, COMPOSE,
-# COMPOSE_PROJECT_NAME, LOCAL_SKIP ("grafana cadvisor scheduler").
+# COMPOSE_PROJECT_NAME, LOCAL_SKIP ("grafana cadvisor node-exporter scheduler pipeline simulator"),
+# KAFKA_LIBS_DIR (the broker's jars, ops/kafka.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,9 +37,11 @@ DATA_ROOT=${DOCKER_DATA_ROOT:-/var/lib/docker}
 STORAGE_DRIVER=${DOCKER_STORAGE_DRIVER:-overlay2}
 DEBIAN_IMAGE=localhost/debian-base:bookworm
 BASE_PREFIX=localhost/movierec-base
-# scheduler: a profile service, which `config --services` of compose 1.29 lists all the same.
-LOCAL_SKIP=${LOCAL_SKIP:-grafana cadvisor scheduler}
+# The profile services (scheduler, pipeline, simulator, node-exporter, cadvisor), which `config --services` of
+# compose 1.29 lists all the same: they are started by name (`--profile`, `run`) when wanted.
+LOCAL_SKIP=${LOCAL_SKIP:-grafana cadvisor node-exporter scheduler pipeline simulator}
 WHEELHOUSE=$ROOT/wheelhouse
+COMPOSE_V2_VERSION=${COMPOSE_V2_VERSION:-v2.29.7}
 # Requirements the images install; the wheelhouse is rebuilt when one of them changes.
 REQUIREMENTS=("$ROOT/requirements.txt" "$ROOT/docker/requirements-inference.txt")
 
@@ -196,23 +202,40 @@ cmd_bases() {
   local name tag hash started
   for name in $(base_names); do
     tag=$BASE_PREFIX/$name:bookworm
-    # Content hash of the stand-in's Dockerfile and its helper files: a change rebuilds, nothing else does.
-    hash=$(cat "$ROOT"/docker/bases/"$name".* | sha256sum | cut -c1-16)
+    # Content hash of the stand-in's Dockerfile and its helper files (and, for Kafka, of the pom that names the
+    # broker's jars): a change rebuilds, nothing else does.
+    hash=$( { cat "$ROOT"/docker/bases/"$name".*; [ "$name" != kafka ] || cat "$ROOT/ops/kafka/pom.xml"; } |
+            sha256sum | cut -c1-16)
     if [ "$(image_label "$tag" movierec.base.hash)" = "$hash" ]; then
       log "$tag up to date"
       continue
     fi
     started=$SECONDS
     log "building $tag"
+    local context=$ROOT/docker/bases
+    if [ "$name" = kafka ]; then context=$(kafka_context); fi
     if ! "$DOCKER" build -q -f "$ROOT/docker/bases/$name.Dockerfile" --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" \
-        --label "movierec.base.hash=$hash" -t "$tag" "$ROOT/docker/bases" >"$STATE/base-$name.log" 2>&1; then
+        --label "movierec.base.hash=$hash" -t "$tag" "$context" >"$STATE/base-$name.log" 2>&1; then
       tail -30 "$STATE/base-$name.log" >&2
       die "building $tag failed (log $STATE/base-$name.log)"
     fi
+    [ "$context" = "$ROOT/docker/bases" ] || rm -rf "$context"
     log "built $tag in $((SECONDS - started)) s"
   done
   cmd_env >"$STATE/bases.env"
   log "wrote $STATE/bases.env"
+}
+
+kafka_context() {
+  # The Kafka stand-in's build context: its helper files and the broker's jars, resolved on the host by
+  # ops/kafka.sh fetch (cached in KAFKA_LIBS_DIR) because builds reach Debian's mirror but not Maven Central.
+  local libs=${KAFKA_LIBS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/movierec/kafka-libs} context
+  bash "$ROOT/ops/kafka.sh" fetch >&2 || die "ops/kafka.sh fetch failed"
+  context=$(mktemp -d /tmp/movierec-kafka-base.XXXXXX)
+  cp "$ROOT"/docker/bases/kafka.* "$context/"
+  mkdir "$context/libs"
+  cp "$libs"/*.jar "$context/libs/"
+  echo "$context"
 }
 
 cmd_env() {
@@ -277,6 +300,19 @@ cmd_up() {
 
 cmd_down() { cmd_compose down "$@"; }
 
+cmd_compose_v2() {
+  # Debian packages only docker-compose 1.29; Compose v2 builds from its Go module with the Go toolchain.
+  local bin=$STATE/compose-$COMPOSE_V2_VERSION
+  if [ ! -x "$bin/docker-compose" ]; then
+    command -v go >/dev/null 2>&1 || die "Go is needed to build Compose v2 (https://go.dev/dl or apt-get install golang)"
+    mkdir -p "$bin"
+    log "building Compose $COMPOSE_V2_VERSION from github.com/docker/compose/v2 (minutes)"
+    GOBIN=$bin GOFLAGS=-trimpath go install "github.com/docker/compose/v2/cmd@$COMPOSE_V2_VERSION" >&2
+    mv "$bin/cmd" "$bin/docker-compose"
+  fi
+  echo "$bin/docker-compose"
+}
+
 main() {
   local command=${1:-}
   [ $# -gt 0 ] && shift
@@ -292,7 +328,8 @@ main() {
     compose) cmd_compose "$@" ;;
     up) cmd_up ;;
     down) cmd_down "$@" ;;
-    *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$command" ] || exit 2 ;;
+    compose-v2) cmd_compose_v2 ;;
+    *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$command" ] || exit 2 ;;
   esac
 }
 

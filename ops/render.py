@@ -209,7 +209,8 @@ def compose_context(
             "status_loopback_only": False,
             "upstream": upstream_path(COMPOSE_RUN_DIR),
         },
-        "prometheus": {"target": "localhost:9090", "rules_file": "rules.yml", "online_eval_target": ""},
+        # online-eval shares Prometheus's network namespace (it listens on loopback only): compose.yml.template
+        "prometheus": {"target": "localhost:9090", "rules_file": "rules.yml", "online_eval_target": "localhost:9108"},
         "alertmanager": {"target": "alertmanager:9093"},
         "notify": notify_context(notify, webhook),
     }

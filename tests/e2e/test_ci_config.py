@@ -117,9 +117,9 @@ def test_the_schema_check_really_rejects_a_coverage_regex_gitlab_refuses(tmp_pat
     assert "is not a 'regex'" in done.stdout
 
 
-def test_compose_file_passes_the_compose_spec_schema():
-    done = subprocess.run([CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
-                          capture_output=True, text=True, timeout=120)
+def test_compose_files_pass_the_compose_spec_schema():
+    done = subprocess.run([CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE),
+                           str(ROOT / "compose.ops.yml")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -276,7 +276,13 @@ def test_the_coverage_job_says_what_to_run_when_no_stage_left_data(tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def gitlab_ci_local() -> Path:
-    """gitlab-ci-local, installed by npm into the git-ignored .ci/node_modules (Node and npm from Debian if root)."""
+    return install_gitlab_ci_local()
+
+
+def install_gitlab_ci_local() -> Path:
+    """gitlab-ci-local, installed by npm into the git-ignored .ci/node_modules (Node and npm from Debian if root).
+
+    Also used by tests/e2e/test_compose.py, which runs the deploy job against its compose stack."""
     if GITLAB_CI_LOCAL.exists():
         version = subprocess.run([str(GITLAB_CI_LOCAL), "--version"], capture_output=True, text=True, timeout=60)
         if version.stdout.strip() == GITLAB_CI_LOCAL_VERSION:

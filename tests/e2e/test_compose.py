@@ -3,9 +3,11 @@
 The module fixture `compose_stack` starts a Docker engine when none answers (``ops/docker.sh deps`` +
 ``start``: root installs docker.io, docker-compose, debootstrap and iptables when missing), builds the
 Debian stand-ins for the public base images and the wheelhouse (both cached: second runs skip them),
-then runs ``docker-compose -f compose.yml -p <test project> up -d --build`` on every service that has a
-stand-in (all but grafana and cadvisor: no Debian package) with fresh passwords and free host ports.
-At the end: ``down -v`` and, when the test started the engine, the engine is stopped again.
+then runs ``docker-compose -f compose.yml -f compose.ops.yml -p <test project> up -d --build`` on every
+default service that has a stand-in (all but grafana: no Debian package) with fresh passwords and free host
+ports: NGINX published on BIND_ADDRESS, Prometheus and Alertmanager on OPS_BIND_ADDRESS (compose.ops.yml),
+nothing else. At the end: ``down -v`` and, when the test started the engine, the engine is stopped again.
+The last test runs the CI `deploy` job with gitlab-ci-local against this stack.
 
 Timings (bases, wheelhouse, image build, up, total) go to reports/compose-timings.json.
 """
@@ -18,6 +20,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(2400)]
 
 DOCKER_SH = ROOT / "ops" / "docker.sh"
 COMPOSE_FILE = ROOT / "compose.yml"
+OPS_FILE = ROOT / "compose.ops.yml"
 TOPOLOGY = Topology()  # compose.yml is rendered from it: one inference service per slot
 SLOTS = {slot.name: slot.service for slot in TOPOLOGY.slots}
 SECRETS = ("MYSQL_ROOT_PASSWORD", "MYSQL_APP_PASSWORD", "MYSQL_AUDITOR_PASSWORD", "MYSQL_PIPELINE_PASSWORD",
@@ -79,8 +83,16 @@ class ComposeStack:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def compose(self, *args: str, timeout: float = 600, what: str = "docker-compose") -> subprocess.CompletedProcess:
-        command = ["bash", str(DOCKER_SH), "compose", "-p", self.project, "--env-file", str(self.env_file), *args]
+        command = ["bash", str(DOCKER_SH), "compose", "-f", str(OPS_FILE), "-p", self.project,
+                   "--env-file", str(self.env_file), *args]
         return _run(command, self.env, timeout, what)
+
+    def get(self, service: str, url: str, timeout: float = 60) -> str:
+        """GET `url` from inside `service`'s container (Python's urllib): the slots are not published."""
+        code = ("import sys, urllib.request; "
+                "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+        return self.compose("exec", "-T", service, "python3", "-c", code, url, timeout=timeout,
+                            what=f"GET {url} inside {service}").stdout
 
     def sql(self, query: str) -> list[list[str]]:
         """Rows of `query` in the provenance database, asked inside the mysql container as root."""
@@ -96,13 +108,12 @@ def _stack_env(project: str, ports: dict[str, int]) -> dict[str, str]:
     env.update(
         COMPOSE_PROJECT_NAME=project,
         BIND_ADDRESS="127.0.0.1",
+        OPS_BIND_ADDRESS="127.0.0.1",
         NGINX_PORT=str(ports["nginx"]),
         PROMETHEUS_PORT=str(ports["prometheus"]),
         ALERTMANAGER_PORT=str(ports["alertmanager"]),
         GRAFANA_PORT=str(ports["grafana"]),
-        MYSQL_PORT=str(ports["mysql"]),
         IMAGE_TAG="e2e",
-        **{f"SLOT_PORT_{slot.upper()}": str(ports[slot]) for slot in SLOTS},
     )
     return env
 
@@ -133,13 +144,13 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
     started_engine = False
     if not _engine_answers(base_env):
         if os.geteuid() != 0:
-            pytest.skip("no Docker engine answers and starting one (ops/docker.sh start) needs root")
+            pytest.fail("no Docker engine answers and starting one (ops/docker.sh start) needs root")
         _run(["bash", str(DOCKER_SH), "deps"], base_env, 900, "installing Docker's Debian packages")
         _run(["bash", str(DOCKER_SH), "start"], base_env, 120, "starting the Docker engine")
         started_engine = True
     timings: dict[str, float] = {}
     project = f"movierec-e2e-{os.getpid()}"
-    names = ("nginx", "prometheus", "alertmanager", "grafana", "mysql", *SLOTS)
+    names = ("nginx", "prometheus", "alertmanager", "grafana")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = _stack_env(project, ports)
     # Everything comes from `env`: an empty env file keeps a developer's .env out of the test project.
@@ -208,11 +219,75 @@ def test_nginx_splits_traffic_80_20_and_every_request_succeeds(compose_stack: Co
     assert abs(slots["canary"] / SPLIT_REQUESTS - 0.20) <= 0.05, slots
 
 
-def test_each_slot_container_serves_its_own_slot_on_its_published_port(compose_stack: ComposeStack):
-    for slot in SLOTS:
-        version = requests.get(f"{compose_stack.url(slot)}/version", timeout=5).json()
+def _slot_versions(stack: ComposeStack) -> dict[str, dict]:
+    """Each slot's /version, asked from inside NGINX's neighbour (an inference container): slots are not published."""
+    return {slot.name: json.loads(stack.get("inference_stable_1", f"http://{slot.service}:{slot.port}/version"))
+            for slot in TOPOLOGY.slots}
+
+
+def test_each_slot_container_serves_its_own_slot_on_the_internal_network(compose_stack: ComposeStack):
+    for slot, version in _slot_versions(compose_stack).items():
         assert (version["slot"], str(version["version"])) == (slot, "1")
         assert version["role"] == ("canary" if slot == "canary" else "stable")
+
+
+def test_only_nginx_and_the_ops_uis_are_published_and_only_on_loopback(compose_stack: ComposeStack):
+    """Every published port of the project's containers, as the engine reports them: NGINX (BIND_ADDRESS) and,
+    with compose.ops.yml, Prometheus and Alertmanager (OPS_BIND_ADDRESS). MySQL, Kafka and the slots: none."""
+    ids = compose_stack.compose("ps", "-q", timeout=60).stdout.split()
+    inspected = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=60,
+                                          check=True).stdout)
+    published: dict[str, set[tuple[str, str]]] = {}
+    for container in inspected:
+        service = container["Config"]["Labels"]["com.docker.compose.service"]
+        for bindings in (container["NetworkSettings"]["Ports"] or {}).values():
+            for binding in bindings or []:
+                published.setdefault(service, set()).add((binding["HostIp"], binding["HostPort"]))
+    ports = compose_stack.ports
+    assert published == {name: {("127.0.0.1", str(ports[name]))} for name in ("nginx", "prometheus", "alertmanager")}
+    # ... and they answer, while NGINX forwards nothing but /recommend and /health
+    assert requests.get(f"{compose_stack.url('nginx')}/health", timeout=5).status_code == 200
+    assert requests.get(f"{compose_stack.url('nginx')}/metrics", timeout=5).status_code == 404
+    assert requests.get(f"{compose_stack.url('prometheus')}/-/ready", timeout=5).status_code == 200
+    assert requests.get(f"{compose_stack.url('alertmanager')}/-/ready", timeout=5).status_code == 200
+
+
+def test_prometheus_lifecycle_and_admin_apis_are_off(compose_stack: ComposeStack):
+    url = compose_stack.url("prometheus")
+    assert requests.post(f"{url}/-/reload", timeout=5).status_code == 403
+    assert requests.post(f"{url}/-/quit", timeout=5).status_code == 403
+    deleted = requests.post(f"{url}/api/v1/admin/tsdb/delete_series", params={"match[]": "up"}, timeout=5)
+    assert deleted.status_code != 204 and deleted.status_code >= 400
+
+
+def test_backend_containers_have_no_route_out(compose_stack: ComposeStack):
+    code = ("import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=3)\nexcept OSError as e:\n"
+            "    print('refused', e)\nelse:\n    print('connected')")
+    out = compose_stack.compose("exec", "-T", "inference_canary", "python3", "-c", code, timeout=60).stdout
+    assert out.startswith("refused"), out
+
+
+def test_kafka_carries_the_simulators_event_log_to_the_collector_and_online_eval_scores_it(
+        compose_stack: ComposeStack):
+    """The simulator profile for a few seconds: its events reach Kafka (read back by the pipeline's collector)
+    and the events volume, which online-eval scores and Prometheus scrapes (job online_eval)."""
+    compose_stack.compose("run", "--rm", "--no-deps", "simulator", "python", "-m", "simulator", "traffic",
+                          "--url", "http://nginx:8082", "--allow-remote", "--out", "kafka,file:/srv/events/events.log",
+                          "--rate", "5", "--duration", "8", timeout=300, what="the simulator for 8 s")
+    collected = compose_stack.compose(
+        "run", "--rm", "--no-deps", "-e", "KAFKA_BOOTSTRAP=kafka:9092", "-e", "KAFKA_GROUP=e2e-check", "model-init",
+        "python", "-m", "auto_deployment", "ingest", "--source", "kafka", "--for", "20s", "--events-dir", "/tmp/events",
+        timeout=300, what="collecting from Kafka")
+    report = json.loads(collected.stdout[collected.stdout.index("{"):])
+    assert report["lines"] >= 10, report  # 8 s of sessions at 5/s: requests, watches and ratings
+    deadline = time.monotonic() + 120
+    lists = 0.0
+    while time.monotonic() < deadline and not lists:
+        body = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query",
+                            params={"query": 'sum(online_eval_lists{job="online_eval"})'}, timeout=5).json()
+        lists = float(body["data"]["result"][0]["value"][1]) if body["data"]["result"] else 0.0
+        time.sleep(3)
+    assert lists > 0
 
 
 def test_prometheus_scrapes_the_three_slots_up(compose_stack: ComposeStack):
@@ -305,8 +380,7 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
         stop.set()
         traffic.join(timeout=30)
     assert set(statuses) == {200} and statuses[200] > 0, statuses
-    by_slot = {slot: str(requests.get(f"{compose_stack.url(slot)}/version", timeout=5).json()["version"])
-               for slot in SLOTS}
+    by_slot = {slot: str(version["version"]) for slot, version in _slot_versions(compose_stack).items()}
     assert by_slot == {"stable_1": "1", "stable_2": "1", "canary": "2"}
     served: collections.Counter[tuple[str, str]] = collections.Counter()
     with requests.Session() as session:
@@ -315,6 +389,131 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
             assert response.status_code == 200
             served[response.headers["X-Slot"], response.headers["X-Model-Version"]] += 1
     assert set(served) == {("stable", "1"), ("canary", "2")}
+
+
+DEPLOY_VERSION = 3  # version 2 is the deployer test's
+
+
+def _versioned_checkout(version: int, root: Path) -> tuple[Path, Path, Path]:
+    """What the retraining pipeline's version stage leaves behind (design section 7), made with the same tools:
+    a bundle trained on the default data and pushed to a local-directory DVC remote, and the checkout of the
+    version commit (version.txt + models/<N>.dvc, not the bundle). Returns (checkout, remote, bundle copy)."""
+    from simulator.datasets import write_default_data
+
+    data, made, checkout, remote = (root / name for name in ("data", "made", "checkout", "remote"))
+    write_default_data(data)
+    _run([str(ROOT / ".venv" / "bin" / "python"), "-m", "auto_deployment", "train", "--data-dir", str(data),
+          "--out", str(made / str(version)), "--version", str(version)], os.environ.copy(), 900,
+         f"training version {version}")
+    checkout.mkdir()
+    shutil.copytree(made / str(version), checkout / "models" / str(version))
+    dvc = str(ROOT / ".venv" / "bin" / "dvc")
+    env = {**os.environ, "HOME": str(root)}
+    for command in (["init", "--no-scm", "-q"], ["remote", "add", "-q", "-d", "origin", str(remote)],
+                    ["add", "-q", f"models/{version}"], ["push", "-q"]):
+        done = subprocess.run([dvc, *command], cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"dvc {' '.join(command)}: {done.stdout}{done.stderr}"
+    shutil.rmtree(checkout / "models" / str(version))  # the commit holds models/<N>.dvc only
+    (checkout / "version.txt").write_text(f"{version}\n")
+    for path in [root, *root.rglob("*")]:  # the containers run as uid 10001: everything readable
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return checkout, remote, made
+
+
+@pytest.mark.timeout(1800)
+def test_gitlab_ci_local_deploy_job_releases_a_version_from_the_dvc_remote_through_the_canary(
+    compose_stack: ComposeStack,
+):
+    """The CI `deploy` job, run by gitlab-ci-local (shell executor) against this stack, under steady traffic:
+    version 3, made as the pipeline makes versions (DVC remote + tracking row + version commit), is fetched into
+    the models volume, released through the canary and promoted; no request fails; no secret reaches the log."""
+    from tests.e2e.test_ci_config import install_gitlab_ci_local
+
+    gitlab_ci_local = install_gitlab_ci_local()
+    root = Path(tempfile.mkdtemp(prefix="movierec-deploy-", dir="/tmp"))
+    try:
+        checkout, remote, made = _versioned_checkout(DEPLOY_VERSION, root)
+        # the tracking row the version stage writes, by the pipeline's own account and code
+        record = ("import pathlib; from app.settings import MySQL; from ops.bootstrap import record_tracking; "
+                  f"record_tracking(MySQL.from_env(), pathlib.Path('/srv/made'), {DEPLOY_VERSION})")
+        compose_stack.compose("run", "--rm", "--no-deps", "-v", f"{made}:/srv/made:ro", "pipeline", "python", "-c",
+                              record, timeout=300, what="recording the tracking row of the new version")
+        stand_ins = _run(["bash", str(DOCKER_SH), "env"], compose_stack.env, 60, "stand-in names").stdout.split()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=30).stdout.strip() or "unknown"
+        variables = {
+            **{name: compose_stack.env[name] for name in SECRETS},
+            **dict(line.split("=", 1) for line in stand_ins),
+            "COMPOSE_PROJECT_NAME": compose_stack.project, "COMPOSE_FILE": f"{COMPOSE_FILE.name}:{OPS_FILE.name}",
+            "COMPOSE": compose_stack.env.get("COMPOSE") or "docker-compose",  # ops/docker.sh's choice
+            "DEPLOY_SERVICES": " ".join(compose_stack.services),
+            # a new commit: the inference image changes, so the job recreates the slots (one at a time, no failure)
+            "CODE_COMMIT": f"{commit}-next", "MOVIEREC_REPO": str(checkout), "DVC_REMOTE_DIR": str(remote),
+            # short windows and noise floors for a loaded 2-core machine: this proves the deploy path (fetch,
+            # canary, checks through Prometheus, promotion); the checks' thresholds are tested in tests/release
+            "RELEASE_OBSERVE_S": "15", "RELEASE_MAX_ERROR_RATIO": "0.05", "RELEASE_MIN_REQUESTS": "20",
+            "RELEASE_LATENCY_SLACK_MS": "100", "RELEASE_P99_SLACK_MS": "300",
+            **{name: compose_stack.env[name] for name in ("BIND_ADDRESS", "OPS_BIND_ADDRESS", "NGINX_PORT",
+                                                          "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT",
+                                                          "IMAGE_TAG")},
+        }
+        # the secrets as masked CI/CD variables are: in a file (mode 600), never on a command line; the rest as
+        # --variable (gitlab-ci-local's file turns a value naming an existing path into a File variable)
+        variables_file = root / "ci-variables.yml"
+        variables_file.write_text(yaml.safe_dump({name: variables.pop(name) for name in SECRETS}))
+        variables_file.chmod(0o600)
+        command = [str(gitlab_ci_local), "deploy", "--force-shell-executor",
+                   "--variables-file", os.path.relpath(variables_file, ROOT)]  # read relative to the project
+        for name, value in variables.items():
+            command += ["--variable", f"{name}={value}"]
+        statuses: collections.Counter[int] = collections.Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            with requests.Session() as session:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        response = session.get(f"{compose_stack.url('nginx')}/recommend/{i % 500}", timeout=5)
+                        statuses[response.status_code] += 1
+                    except requests.RequestException:
+                        statuses[0] += 1
+                    time.sleep(0.02)
+
+        traffic = threading.Thread(target=load, daemon=True)
+        traffic.start()
+        started = time.monotonic()
+        try:
+            env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+        finally:
+            stop.set()
+            traffic.join(timeout=30)
+        compose_stack.timings["deploy_job_s"] = time.monotonic() - started
+        log = done.stdout + done.stderr
+        assert done.returncode == 0, log[-8000:]
+        assert "$ sh docker/ci-deploy.sh" in log and f"ci-deploy: version {DEPLOY_VERSION}" in log
+        assert f"deploy: fetching models/{DEPLOY_VERSION} from the DVC remote" in log
+        for name in SECRETS:
+            assert compose_stack.env[name] not in log, f"{name} leaked into the job log"
+        assert set(statuses) == {200}, statuses
+        assert log.count("Recreating") and log.count("Killing") >= len(SLOTS)  # rolled, NGINX reloaded per slot
+        now = _slot_versions(compose_stack)
+        assert {slot: str(v["version"]) for slot, v in now.items()} == {slot: str(DEPLOY_VERSION) for slot in SLOTS}
+        for service in SLOTS.values():  # this commit's image serves
+            running = compose_stack.compose("exec", "-T", service, "printenv", "MOVIEREC_CODE_COMMIT", timeout=60)
+            assert running.stdout.strip() == f"{commit}-next"
+        served: collections.Counter[tuple[str, str]] = collections.Counter()
+        with requests.Session() as session:
+            for i in range(200):
+                response = session.get(f"{compose_stack.url('nginx')}/recommend/{i}", timeout=5)
+                served[response.headers["X-Slot"], response.headers["X-Model-Version"]] += 1
+        assert set(served) == {("stable", str(DEPLOY_VERSION)), ("canary", str(DEPLOY_VERSION))}
+        outcome = compose_stack.sql(f"SELECT outcome FROM releases WHERE candidate_version = {DEPLOY_VERSION}")
+        assert outcome == [["promoted"]]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- the file itself (no engine needed)

@@ -216,7 +216,10 @@ def test_nginx_retries_the_next_upstream_and_never_outlasts_the_client(native):
 def test_nginx_exposes_only_recommend_and_health_and_passes_the_request_id(native):
     conf = native.config_path("nginx").read_text()
     main_server = conf.split("server {")[1]
-    assert re.findall(r"location\s+([^{]+?)\s*\{", main_server) == ["/recommend/", "= /health", "/"]
+    # what a client can reach: every location but the `internal` ones (the release's shadow copy)
+    blocks = re.findall(r"location\s+([^{]+?)\s*\{([^}]*)\}", main_server)
+    assert [path for path, body in blocks if not re.search(r"^\s*internal;", body, re.M)] == [
+        "/recommend/", "= /health", "/"]
     catch_all = main_server.split("location / {")[1].split("}")[0]
     assert "return 404" in catch_all and "proxy_pass" not in catch_all
     # the client's id when sane (a map on $http_x_request_id), else NGINX's own: forwarded and logged
@@ -372,7 +375,8 @@ def _check_compose_topology(compose: dict, topology: Topology) -> None:
         assert env["MOVIEREC_POINTER"] == f"/srv/run/slots/{slot.name}"
         assert env["MYSQL_HOST"] == "mysql"  # the shared environment came through the merge key
         assert f"spool_{slot.name}:/srv/run/spool" in services[slot.service]["volumes"]
-        assert services[slot.service]["ports"][0].endswith(f":{slot.port}")
+        assert "ports" not in services[slot.service]  # reached through NGINX only
+        assert services[slot.service]["networks"] == ["backend"]
     assert set(compose["services"]["nginx"]["depends_on"]) == {slot.service for slot in topology.slots}
     urls = compose["services"]["scheduler"]["environment"]["RELEASE_SLOT_URLS"]
     assert urls == ",".join(f"{slot.name}=http://{slot.service}:{slot.port}" for slot in topology.slots)
@@ -394,6 +398,65 @@ def test_compose_runs_one_inference_service_per_slot_of_the_topology():
     assert "upstream:/srv/run/nginx" in compose["services"]["scheduler"]["volumes"]
     conf = COMPOSE_FILES["nginx"].read_text()
     assert _directives(_upstream_block(conf), "include") == ["/srv/run/nginx/upstream.conf"]
+
+
+def _published(compose: dict) -> dict[str, list[str]]:
+    return {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+
+
+def test_compose_publishes_only_nginx_and_everything_else_sits_on_the_internal_network():
+    compose = yaml.safe_load(COMPOSE_FILES["compose"].read_text())
+    assert _published(compose) == {"nginx": ["${BIND_ADDRESS:-127.0.0.1}:${NGINX_PORT:-8082}:8082"]}
+    assert compose["networks"]["backend"] == {"internal": True}
+    for name, svc in compose["services"].items():
+        if "network_mode" in svc:  # online-eval lives in Prometheus's network namespace
+            assert (name, svc["network_mode"]) == ("online-eval", "service:prometheus")
+            continue
+        assert "backend" in svc["networks"], name
+    # the way out: NGINX for its clients, the UIs of compose.ops.yml, notifications, git and DVC remotes
+    edge = {name for name, svc in compose["services"].items() if "edge" in svc.get("networks", [])}
+    assert edge == {"nginx", "prometheus", "alertmanager", "grafana", "scheduler", "pipeline"}
+    assert "edge" not in compose["services"]["mysql"]["networks"]
+
+
+def test_compose_ops_file_publishes_the_operators_uis_on_their_own_loopback_address():
+    ops = yaml.safe_load((ROOT / "compose.ops.yml").read_text())
+    assert _published(ops) == {
+        "grafana": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${GRAFANA_PORT:-3000}:3000"],
+        "prometheus": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${PROMETHEUS_PORT:-9090}:9090"],
+        "alertmanager": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${ALERTMANAGER_PORT:-9093}:9093"],
+    }
+    compose = yaml.safe_load(COMPOSE_FILES["compose"].read_text())
+    for name in ops["services"]:  # an internal network cannot publish: each is on edge too
+        assert "edge" in compose["services"][name]["networks"]
+
+
+def test_compose_prometheus_runs_without_lifecycle_or_admin_api():
+    command = yaml.safe_load(COMPOSE_FILES["compose"].read_text())["services"]["prometheus"]["command"]
+    assert not [flag for flag in command if "lifecycle" in flag or "admin-api" in flag]
+
+
+def test_compose_runs_kafka_of_ops_kafka_and_the_optional_parts_in_profiles():
+    compose = yaml.safe_load(COMPOSE_FILES["compose"].read_text())
+    services = compose["services"]
+    pom = (ROOT / "ops" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
+    assert services["kafka"]["image"] == f"${{KAFKA_IMAGE:-apache/kafka:{version}}}"
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
+    assert services["scheduler"]["environment"]["KAFKA_BOOTSTRAP"] == "${KAFKA_BOOTSTRAP:-kafka:9092}"
+    assert services["scheduler"]["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    profiles = {name: svc.get("profiles") for name, svc in services.items() if svc.get("profiles")}
+    assert profiles == {"node-exporter": ["host-metrics"], "cadvisor": ["host-metrics"], "scheduler": ["pipeline"],
+                        "pipeline": ["deploy"], "simulator": ["simulator"]}
+    assert "kafka,file:/srv/events/events.log" in services["simulator"]["command"]
+    assert "events:/srv/events" in services["online-eval"]["volumes"]
+    # the scrape jobs: online-eval at Prometheus's own loopback; the optional exporters found by DNS only
+    prometheus = yaml.safe_load(COMPOSE_FILES["prometheus"].read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["online_eval"]["static_configs"] == [{"targets": ["localhost:9108"]}]
+    assert "--serve 9108" in services["online-eval"]["command"][-1]
+    for job, name in (("node", "node-exporter"), ("cadvisor", "cadvisor")):
+        assert "static_configs" not in jobs[job] and jobs[job]["dns_sd_configs"][0]["names"] == [name]
 
 
 # ---------------------------------------------------------------------- a fourth slot: no template edit
