@@ -111,6 +111,9 @@ class ServingMetrics:
         self._failures = m["provenance_failures"]
         self._gauges = {name: m[f"provenance_{name}"] for name in _PROVENANCE_GAUGES}
         self._model_info = m["model_info"]
+        self._refused = m["model_refused"]
+        for serving in ("yes", "no"):  # born at zero: the first refusal is an increase, not a new series
+            self._refused.labels(slot=slot, serving=serving)
 
     def observe_recommend(self, version: str, status: int, seconds: float, cold: bool = False,
                           shadow: bool = False) -> None:
@@ -130,6 +133,10 @@ class ServingMetrics:
             self._failures.labels(slot=self.slot, kind=name.removeprefix("failure.")).inc(value)
         elif name in self._gauges:
             self._gauges[name].labels(slot=self.slot).set(value)
+
+    def model_refused(self, still_serving: bool) -> None:
+        """`on_refuse` callback of the model slot: one refused load (the slot logs why)."""
+        self._refused.labels(slot=self.slot, serving="yes" if still_serving else "no").inc()
 
     def model_swapped(self, old_version: str | None, new_version: str) -> None:
         if old_version is not None and old_version != new_version:
@@ -207,6 +214,12 @@ def _objects() -> dict:
                 )
                 for name, (text, mode) in _PROVENANCE_GAUGES.items()
             },
+            model_refused=Counter(
+                "model_load_refused_total",
+                "Bundles a worker refused to load (missing, broken, tampered, checksum unlike tracking): it keeps "
+                "serving what it had, or answers 503 when it had nothing",
+                ["slot", "serving"],  # serving: "yes" while an older version still answers, "no" when none does
+            ),
             model_info=Gauge(
                 "model_info",
                 "1 for each model version a live worker of the slot serves",

@@ -63,7 +63,8 @@ class Runtime:
         self.mysql = mysql
         self.host = socket.gethostname()
         self.metrics = ServingMetrics(serving.slot)
-        self.slot = ModelSlot(serving, paths, on_swap=self._on_swap, mysql=mysql)
+        self.slot = ModelSlot(serving, paths, on_swap=self._on_swap, mysql=mysql,
+                              on_refuse=self.metrics.model_refused)
         self.writer: Any = None
         self._dice = random.Random(f"faults:{serving.slot}")  # seeded: a drill is reproducible per worker
         self._dice_lock = threading.Lock()

@@ -137,11 +137,13 @@ class ModelSlot:
         paths: Paths,
         on_swap: Callable[[Loaded | None, Loaded], None] | None = None,
         mysql: MySQL | None = None,
+        on_refuse: Callable[[bool], None] | None = None,
     ) -> None:
         self.serving = serving
         self.paths = paths
         self.mysql = mysql or MySQL.from_env()
         self.on_swap = on_swap
+        self.on_refuse = on_refuse  # called with "still serving an older version?" at each refused load
         self.faults_file = paths.run_dir / "faults" / f"{serving.slot}.json"
         self._env_faults = Faults(serving.fault_latency_ms, serving.fault_error_ratio, "env")
         self.faults: Faults = self._env_faults
@@ -309,6 +311,11 @@ class ModelSlot:
 
     def _refuse(self, directory: Path | None, why: str) -> None:
         current = self._current
+        if self.on_refuse is not None:
+            try:
+                self.on_refuse(current is not None)
+            except Exception:  # a metrics problem must never stop the slot from keeping its model
+                log.exception("refusal callback failed", extra=kv(slot=self.serving.slot))
         if current is None:
             self.reason = why
             log.error("no model loaded", extra=kv(slot=self.serving.slot, bundle=directory or "-", reason=why))

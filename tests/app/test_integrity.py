@@ -47,6 +47,18 @@ def alter_and_rehash(directory: Path) -> None:
     bundle.verify(directory)
 
 
+def refused(server) -> dict[str, float]:
+    """`model_load_refused_total` of the slot by its `serving` label, summed over the workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "model_load_refused_total":
+                counts[sample.labels["serving"]] = counts.get(sample.labels["serving"], 0) + sample.value
+    return counts
+
+
 def server_env(settings: MySQL, **extra: str) -> dict[str, str]:
     return {**settings_env(settings), "MOVIEREC_PROVENANCE": "0", **extra}
 
@@ -73,6 +85,8 @@ def test_rehashed_bundle_is_refused_and_the_current_version_keeps_serving(
     s.wait_log(r"model reload refused.*serving=1 .*tracking records " + original + " for version 3", 2, since=mark)
     ready = s.get("/ready")
     assert ready.status_code == 200 and "version=1" in ready.text
+    counts = refused(s)  # counted, so an alert can say what the log says
+    assert counts["yes"] >= 1 and counts["no"] == 0
     assert {s.get(f"/recommend/{u}").headers["X-Model-Version"] for u in range(1, 20)} == {"1"}
     # the original bytes (checksum as tracked) are served
     mark = s.log_size()
@@ -92,6 +106,7 @@ def test_rehashed_bundle_at_start_leaves_the_slot_unready_with_the_reason(
     ready = s.get("/ready")
     assert ready.status_code == 503 and f"tracking records {original}" in ready.text
     assert s.get("/recommend/5").status_code == 503
+    assert refused(s)["no"] >= 1
 
 
 def test_bundle_matching_its_tracking_row_is_served(start_server, mysql_settings: MySQL, integrity_root: Path) -> None:
