@@ -237,6 +237,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--html", type=Path, default=None, metavar="PATH", help="also write the HTML page here")
+    rel = sub.add_parser("release", help="a release's steps and checks over time, canary vs stable (HTML)")
+    rel.add_argument("--state", type=Path, default=None,
+                     help="release state file (default <run>/release/state.json: the last or running release)")
+    rel.add_argument("--html", type=Path, default=None, metavar="PATH",
+                     help="write the page here (default <run>/pipeline/releases/release-<candidate>-<started>.html)")
     dr = sub.add_parser("drift", help="expose the drift gauges of the last pipeline run for Prometheus")
     dr.add_argument("--file", type=Path, default=None, help=f"gauges file (default <run>/metrics/{drift_mod.TEXTFILE})")
     dr.add_argument("--serve", type=int, required=True, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
@@ -249,6 +254,8 @@ def main(args: argparse.Namespace) -> int:
         return serve_gauges(args.file or Paths.from_env().run_dir / "metrics" / drift_mod.TEXTFILE, args.serve)
     if args.report == "evaluation":
         return _evaluation_main(args)
+    if args.report == "release":
+        return _release_main(args)
     data_dir = args.data_dir or Paths.from_env().data_dir
     try:
         summary = data_from_dirs(Path(data_dir), args.events_dir, CheckLimits.from_settings(),
@@ -322,4 +329,27 @@ def serve_gauges(path: Path, port: int) -> int:
     finally:
         server.server_close()
         time.sleep(0)
+    return 0
+
+
+def _release_main(args: argparse.Namespace) -> int:
+    from auto_deployment.monitor import release_report
+
+    run_dir = Paths.from_env().run_dir
+    path = args.state or run_dir / "release" / "state.json"
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"report release: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(state, dict) or "candidate" not in state:
+        print(f"report release: {path} is not a release state file", file=sys.stderr)
+        return 2
+    if args.html:
+        from auto_deployment.monitor import html
+
+        written = html.write(args.html, release_report.page(state)[0])
+    else:
+        written = release_report.write(state, run_dir / "pipeline" / "releases")
+    print(written)
     return 0

@@ -157,6 +157,7 @@ class Controller:
         self.analysis = analysis
         self.notifier = notifier  # None: the caller tells the team (one notice per retraining run)
         self.router = router or NullRouter()
+        self.run_dir = Path(run_dir)
         self.store = StateStore(run_dir)
         self.control = ControlChannel(run_dir)
         self.stop = stop or threading.Event()
@@ -407,6 +408,10 @@ class Controller:
                                           for r in verdict.results])
         s.intervals = [*s.intervals, {"step": step.name, "at": round(at, 3), "verdict": verdict.status,
                                       "move": move.action, "reason": move.reason}][-KEPT_INTERVALS:]
+        s.series.append({"at": round(at, 3), "elapsed_s": round(at - (s.observe_started or at), 3), "step": step.name,
+                         "share": step.share, "verdict": verdict.status, "move": move.action,
+                         "checks": [{k: r.to_dict()[k] for k in ("name", "status", "value", "limit")}
+                                    for r in verdict.results], **s.figures})
         log.info("release: interval", extra=kv(candidate=s.candidate, step=step.name, elapsed_s=round(elapsed, 1),
                                                verdict=verdict.status, move=move.action, failures=s.failures,
                                                held=s.held, reason=move.reason))
@@ -475,7 +480,20 @@ class Controller:
                 )
         s.pending_records = still
         s.recorded = not any(is_row_of(row, s) for row in still)
+        self._write_report()
         return NOTIFY
+
+    def _write_report(self) -> None:
+        """The release's HTML report beside the pipeline's (the console links it); never fails the release."""
+        from auto_deployment.monitor import release_report  # matplotlib: only when a release ends
+
+        s = self.state
+        try:
+            path = release_report.write(s.to_dict(), self.run_dir / "pipeline" / "releases")
+            log.info("release: report written", extra=kv(candidate=s.candidate, report=path))
+        except Exception as exc:  # a plot that cannot be drawn must not undo a promotion
+            log.error("release: report not written",
+                      extra=kv(candidate=s.candidate, reason=f"{type(exc).__name__}: {exc}"))
 
     def _notify(self) -> str:
         s = self.state

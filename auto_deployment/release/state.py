@@ -67,6 +67,7 @@ class ReleaseState:
     held: int = 0  # inconclusive intervals in a row past the step's time
     intervals: list[dict[str, Any]] = field(default_factory=list)  # the last intervals' verdicts and moves
     step_log: list[dict[str, Any]] = field(default_factory=list)  # each step reached (the `releases.steps` column)
+    series: list[dict[str, Any]] = field(default_factory=list)  # every interval's check values and figures (report)
     paused_at: float | None = None  # unix time of `release --pause`; None when running
     controls: list[dict[str, Any]] = field(default_factory=list)  # manual controls applied (control.py)
     decided_by: str | None = None  # who aborted or promoted by hand; None: the checks decided

@@ -24,6 +24,7 @@ from app.contracts import pointer
 from app.contracts.topology import Topology
 from app.settings import MySQL, Release
 from app.store import RELEASE_COLUMNS
+from auto_deployment.monitor import release_report
 from auto_deployment.notices import Notifier
 from auto_deployment.release.checks import Check, default_checks, judge
 from auto_deployment.release.controller import Analysis, Controller, ReleaseRefused
@@ -158,6 +159,12 @@ def test_prometheus_unreachable_aborts_rolls_back_keeps_the_row_and_tells_the_te
     state = StateStore(platform.run_dir).load()
     assert _states(state.history) == [DEPLOY_CANARY, OBSERVE, ABORT, RECORD, NOTIFY, DONE]
     assert "inconclusive for 2 interval(s) past the step's time" in result.reason  # held, then aborted
+    # every interval is kept for the release report, which is written when the release ends
+    assert state.series and {p["verdict"] for p in state.series} == {"inconclusive"}
+    assert all(p["step"] == "20%" and "no_data" in p["canary"] for p in state.series)
+    stem = release_report.file_stem(state.to_dict())
+    report = platform.run_dir / "pipeline" / "releases" / f"{stem}.html"
+    assert '<p data-key="outcome" class="bad">aborted</p>' in report.read_text()
     # MySQL is down: the row waits in the state file for the next release
     [row] = state.pending_records
     assert row["candidate_version"] == 2 and row["previous_version"] == 1 and row["outcome"] == "aborted"
