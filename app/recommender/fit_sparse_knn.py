@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from tqdm import tqdm
 
 from app.recommender.base import Fit
 
@@ -112,8 +113,11 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
     rank_idx = np.zeros((n, k_rank), np.int32)
     rank_w = np.zeros((n, k_rank), float)
     n_blocks = n_pairs = 0
+    # minutes at 1M users: a person running it sees how far it is (tqdm stays quiet off a terminal)
+    progress = tqdm(total=n, unit="user", desc="neighbours", disable=None, leave=False)
     for start, rows, cols, f, prods, sqi, sqj in blocks:
         n_blocks, n_pairs = n_blocks + 1, n_pairs + len(rows)
+        progress.update(start - progress.n)
         den = np.sqrt(sqi * sqj)
         with np.errstate(divide="ignore", invalid="ignore"):
             pb = np.where(den > 0, prods / den, 0.0)  # Surprise raises on 0/0; no spread means no evidence here
@@ -141,6 +145,8 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
         rank_idx[r2[fits] + start, rank[fits]] = c2[fits]
         rank_w[r2[fits] + start, rank[fits]] = w2[fits]
 
+    progress.update(n - progress.n)
+    progress.close()
     indptr = np.concatenate([[0], np.cumsum(est_count)])
     nb = sparse.csr_matrix(
         (np.concatenate([np.zeros(0), *est_vals]), np.concatenate([np.zeros(0, np.int32), *est_cols]), indptr),
