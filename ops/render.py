@@ -17,9 +17,12 @@ the split (then a graceful reload), so a weight change never touches the rest of
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -66,6 +69,9 @@ RULES_FILE = ROOT / "monitoring" / "prometheus" / "rules.yml"
 # The run directory inside the compose images (docker/*.Dockerfile: MOVIEREC_RUN_DIR); NGINX's upstream file
 # lives in <run>/nginx on a volume the release (scheduler) writes and NGINX reads, as natively.
 COMPOSE_RUN_DIR = Path("/srv/run")
+# The config volume as NGINX mounts it, and the console's password file config-init writes there.
+COMPOSE_CONFIG_DIR = "/srv/config"
+HTPASSWD = "console.htpasswd"
 _SERVER = re.compile(r"^\s*server\s+(\S+)", re.M)
 
 
@@ -208,6 +214,8 @@ def compose_context(
             "status_listen": "8083",
             "status_loopback_only": False,
             "upstream": upstream_path(COMPOSE_RUN_DIR),
+            "console_listen": "8084",
+            "console_htpasswd": f"{COMPOSE_CONFIG_DIR}/{HTPASSWD}",
         },
         # online-eval shares Prometheus's network namespace (it listens on loopback only): compose.yml.template
         "prometheus": {"target": "localhost:9090", "rules_file": "rules.yml", "online_eval_target": "localhost:9108"},
@@ -280,7 +288,32 @@ def write_compose_configs(out_dir: Path | None = None, notify: Notify | None = N
         target = Path(out_dir) / COMPOSE_FILES[name].name
         write_if_changed(target, render(name, context))
         written.append(target)
+    user, password = os.environ.get("CONSOLE_USER", "").strip() or "operator", os.environ.get("CONSOLE_PASSWORD", "")
+    htpasswd = Path(out_dir) / HTPASSWD
+    if password:
+        write_htpasswd(htpasswd, user, password)
+        written.append(htpasswd)
+    else:  # no password, no console: NGINX refuses every request rather than serving it unprotected
+        htpasswd.unlink(missing_ok=True)
     return written
+
+
+def htpasswd_line(user: str, password: str, salt: bytes | None = None) -> str:
+    """One NGINX `auth_basic_user_file` line in the salted SHA-1 scheme ``{SSHA}`` NGINX reads natively.
+
+    Written by hand because it is four lines of hashlib: the usual tools (htpasswd from apache2-utils,
+    passlib) are not in our images, and Python's `crypt` module is deprecated (gone in 3.13).
+    """
+    if not user or ":" in user or "\n" in user + password:
+        raise ValueError("CONSOLE_USER must be non-empty without ':' and neither setting may hold a newline")
+    salt = os.urandom(8) if salt is None else salt
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return f"{user}:{{SSHA}}{base64.b64encode(digest + salt).decode()}\n"
+
+
+def write_htpasswd(path: Path, user: str, password: str) -> None:
+    """The console's password file, readable by NGINX's workers only through the read-only config volume."""
+    write_if_changed(path, htpasswd_line(user, password))
 
 
 # ---------------------------------------------------------------------- checking

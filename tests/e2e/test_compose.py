@@ -44,7 +44,7 @@ OPS_FILE = ROOT / "compose.ops.yml"
 TOPOLOGY = Topology()  # compose.yml is rendered from it: one inference service per slot
 SLOTS = {slot.name: slot.service for slot in TOPOLOGY.slots}
 SECRETS = ("MYSQL_ROOT_PASSWORD", "MYSQL_APP_PASSWORD", "MYSQL_AUDITOR_PASSWORD", "MYSQL_PIPELINE_PASSWORD",
-           "GRAFANA_ADMIN_PASSWORD")
+           "GRAFANA_ADMIN_PASSWORD", "CONSOLE_PASSWORD")
 SPLIT_REQUESTS = 1000
 READY_TIMEOUT_S = 300
 TIMINGS_FILE = ROOT / "reports" / "compose-timings.json"
@@ -113,6 +113,7 @@ def _stack_env(project: str, ports: dict[str, int]) -> dict[str, str]:
         PROMETHEUS_PORT=str(ports["prometheus"]),
         ALERTMANAGER_PORT=str(ports["alertmanager"]),
         GRAFANA_PORT=str(ports["grafana"]),
+        CONSOLE_PORT=str(ports["console"]),
         IMAGE_TAG="e2e",
     )
     return env
@@ -150,7 +151,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
         started_engine = True
     timings: dict[str, float] = {}
     project = f"movierec-e2e-{os.getpid()}"
-    names = ("nginx", "prometheus", "alertmanager", "grafana")
+    names = ("nginx", "prometheus", "alertmanager", "grafana", "console")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = _stack_env(project, ports)
     # Everything comes from `env`: an empty env file keeps a developer's .env out of the test project.
@@ -244,12 +245,31 @@ def test_only_nginx_and_the_ops_uis_are_published_and_only_on_loopback(compose_s
             for binding in bindings or []:
                 published.setdefault(service, set()).add((binding["HostIp"], binding["HostPort"]))
     ports = compose_stack.ports
-    assert published == {name: {("127.0.0.1", str(ports[name]))} for name in ("nginx", "prometheus", "alertmanager")}
+    expected = {name: {("127.0.0.1", str(ports[name]))} for name in ("nginx", "prometheus", "alertmanager")}
+    expected["nginx"].add(("127.0.0.1", str(ports["console"])))  # NGINX's console server (compose.ops.yml)
+    assert published == expected
     # ... and they answer, while NGINX forwards nothing but /recommend and /health
     assert requests.get(f"{compose_stack.url('nginx')}/health", timeout=5).status_code == 200
     assert requests.get(f"{compose_stack.url('nginx')}/metrics", timeout=5).status_code == 404
     assert requests.get(f"{compose_stack.url('prometheus')}/-/ready", timeout=5).status_code == 200
     assert requests.get(f"{compose_stack.url('alertmanager')}/-/ready", timeout=5).status_code == 200
+
+
+def test_the_console_answers_only_through_nginx_with_the_operators_password(compose_stack: ComposeStack):
+    """The read-only console: NGINX's basic auth in front (password hash written by config-init), the page
+    itself from the internal console container, logged in to MySQL as the auditor."""
+    url = f"http://127.0.0.1:{compose_stack.ports['console']}/"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.get(url, auth=("operator", "wrong"), timeout=10).status_code == 401
+    deadline = time.monotonic() + 90  # the console container may still be starting
+    while True:
+        page = requests.get(url, auth=("operator", compose_stack.env["CONSOLE_PASSWORD"]), timeout=10)
+        if page.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert page.status_code == 200, page.text[:500]
+    versions = requests.get(f"{url}versions", auth=("operator", compose_stack.env["CONSOLE_PASSWORD"]), timeout=10)
+    assert versions.status_code == 200 and "version" in versions.text.lower()
 
 
 def test_prometheus_lifecycle_and_admin_apis_are_off(compose_stack: ComposeStack):
@@ -455,7 +475,7 @@ def test_gitlab_ci_local_deploy_job_releases_a_version_from_the_dvc_remote_throu
             "RELEASE_LATENCY_SLACK_MS": "100", "RELEASE_P99_SLACK_MS": "300",
             **{name: compose_stack.env[name] for name in ("BIND_ADDRESS", "OPS_BIND_ADDRESS", "NGINX_PORT",
                                                           "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT",
-                                                          "IMAGE_TAG")},
+                                                          "CONSOLE_PORT", "IMAGE_TAG")},
         }
         # the secrets as masked CI/CD variables are: in a file (mode 600), never on a command line; the rest as
         # --variable (gitlab-ci-local's file turns a value naming an existing path into a File variable)

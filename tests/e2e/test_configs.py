@@ -422,6 +422,7 @@ def test_compose_publishes_only_nginx_and_everything_else_sits_on_the_internal_n
 def test_compose_ops_file_publishes_the_operators_uis_on_their_own_loopback_address():
     ops = yaml.safe_load((ROOT / "compose.ops.yml").read_text())
     assert _published(ops) == {
+        "nginx": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${CONSOLE_PORT:-8090}:8084"],  # its console server (basic auth)
         "grafana": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${GRAFANA_PORT:-3000}:3000"],
         "prometheus": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${PROMETHEUS_PORT:-9090}:9090"],
         "alertmanager": ["${OPS_BIND_ADDRESS:-127.0.0.1}:${ALERTMANAGER_PORT:-9093}:9093"],
@@ -588,3 +589,31 @@ def test_dashboards_show_what_the_design_asks_for():
     for needle in ("recommend_latency_seconds:avg_rate1m", "recommend_latency_seconds_bucket", "online_eval_score",
                    "online_eval_hit_rate", "online_eval_avg_rating", "recommend_cold_start_total"):
         assert needle in quality, needle
+
+
+def test_the_console_is_internal_and_reached_only_through_nginx_with_basic_auth(native: Stack):
+    compose = yaml.safe_load(COMPOSE_FILES["compose"].read_text())
+    console = compose["services"]["console"]
+    assert console["networks"] == ["backend"] and "ports" not in console
+    assert console["environment"]["MYSQL_AUDITOR_PASSWORD"] and not any(
+        key in console["environment"] for key in ("MYSQL_ADMIN_PASSWORD", "MYSQL_APP_PASSWORD",
+                                                  "MYSQL_PIPELINE_PASSWORD"))
+    conf = COMPOSE_FILES["nginx"].read_text()
+    server = conf[conf.index("listen 8084;"):]
+    assert "auth_basic_user_file /srv/config/console.htpasswd;" in server and "proxy_pass $console;" in server
+    assert "auth_basic" not in native.config_path("nginx").read_text()  # natively the console is on loopback
+
+
+def test_htpasswd_line_is_the_salted_sha1_nginx_reads_checked_by_hand():
+    import base64
+    import hashlib
+
+    from ops.render import htpasswd_line
+
+    line = htpasswd_line("operator", "s3cret", salt=b"12345678")
+    user, _, hashed = line.rstrip("\n").partition(":")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    assert user == "operator" and hashed.startswith("{SSHA}") and raw[20:] == b"12345678"
+    assert raw[:20] == hashlib.sha1(b"s3cret12345678").digest()
+    with pytest.raises(ValueError):
+        htpasswd_line("a:b", "x")
