@@ -42,14 +42,15 @@ class Proxy:
 @pytest.fixture
 def proxy(start_server, models_root: Path, tmp_path: Path) -> Iterator[Proxy]:
     """The project's NGINX template rendered for loopback in `tmp_path`, in front of one real inference server."""
-    if NGINX is None:
-        pytest.skip("Debian package nginx is not installed")
+    assert NGINX is not None, "Debian package nginx is not installed (make sysdeps installs it)"
     server = start_server(slot="stable_1", model_dir=models_root / "1", version=None, workers=1)
     root = tmp_path / "nginx"
     root.mkdir()
     (root / "upstream.conf").write_text(f"server 127.0.0.1:{server.port};\n")
     port = free_port()
     context = compose_context()
+    context["compose"] = False  # no console server (it resolves a compose service name)
+    context["address"] = lambda slot: f"127.0.0.1:{server.port}"  # the shadow upstream: this one server too
     context["nginx"] = {
         "user": "root" if os.geteuid() == 0 else "",
         "pidfile": root / "nginx.pid",

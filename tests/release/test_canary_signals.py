@@ -100,7 +100,9 @@ def test_the_canarys_503s_fail_the_release_and_the_clients_400s_do_not_count(can
     assert answers[400] == 400 and answers[503] > 40
     expected = answers[503] / sum(answers.values())  # ~0.1: the 400s are in the sample, never in the errors
     assert figures["error_ratio"] == pytest.approx(expected, abs=0.04)
-    assert figures["errors"] == pytest.approx(answers[503], rel=0.25)  # the first burst is not lost
+    # the first burst is not lost (a counter born at its first 503 would show ~0); increase() extrapolates to
+    # the window's edges, so on a loaded machine with late scrapes it may read somewhat over the true count
+    assert 0.75 * answers[503] <= figures["errors"] <= 1.5 * answers[503], (figures["errors"], answers[503])
     verdict = judge(default_checks(Release.from_env()), figures, None)
     assert not verdict.passed
     [error_check] = [r for r in verdict.results if r.name == "error_ratio"]
