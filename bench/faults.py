@@ -37,7 +37,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from app.settings import ROOT, MySQL
 from bench.table import render
 from ops.services import Stack, environment, mariadb, program_pids, supervisord_pid
 from simulator.load import CLIENT_TIMEOUT_S
+from tests.fixtures.ports import free_ports
 
 FRESH_BASE = 900_000_000  # fresh user ids: fault k uses FRESH_BASE + k·10^7 + n (no model knows them)
 KNOWN_USERS = 200  # the even requests ask for users 1..KNOWN_USERS (the default world has 2,000)
@@ -521,21 +521,10 @@ def run_fault(ctx: Ctx, fault: Fault, index: int, plan: Plan) -> Row:
 
 
 # ---------------------------------------------------------------------- stack life cycle
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def stack_environ(base: Path) -> dict[str, str]:
     """A stack of its own under `base`, every port free now (as bench.server does)."""
     topology = Topology()
-    ports = _free_ports(len(topology.slots) + 6)
+    ports = free_ports(len(topology.slots) + 6)
     slot_ports, ports = ports[: len(topology.slots)], ports[len(topology.slots):]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MOVIEREC_", "PROMETHEUS_", "MYSQL_", "SLACK_", "SMTP_", "MAIL_", "ALERT_"))}
