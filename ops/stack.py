@@ -123,6 +123,7 @@ demo loop (windows shortened from 2 days / 15 min / 12 h):
              through steps {w['DEMO_RELEASE_STEPS']} then promote or abort;
              5xx limit {w['DEMO_MAX_ERROR_RATIO']} (a short window cannot show < 1%)
              (log: {stack.log_dir}/scheduler.log)
+  console    {stack.console_url}  (versions, releases, online quality, audit, reports; read-only, loopback)
   watch it   curl -sI {stack.nginx_url}/recommend/1 | grep X-Model   |   python -m auto_deployment release --status
 """
 
