@@ -133,6 +133,7 @@ def platform(start_server, models_root, mysql_env, mysql_settings, tmp_path) -> 
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     listen = ports[len(SLOTS)]
     context = {
+        "compose": False,  # natively: no console server
         "topology": topology,
         "address": loopback_address,
         "nginx": {
