@@ -25,6 +25,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from app import store
 from app.settings import ROOT, MySQL
@@ -70,9 +72,7 @@ RELEASES = [
      "canary_errors": 2, "stable_latency_ms": 40.0, "stable_requests": 1200, "stable_errors": 0,
      "reason": "canary_latency failed: 612.5 ms > 500 ms"},
 ]
-# The aborted release's steps and controls (app/sql/004_release_steps.sql, the progressive-release work): seeded and
-# checked whenever the store knows those columns.
-STEPS_RECORDED = "steps" in store.RELEASE_COLUMNS
+# The aborted release's steps and controls (app/sql/004_release_steps.sql): seeded and checked.
 STEPS = {
     "steps": [
         {"name": "shadow", "share": 0.0, "shadow": True, "started_at": "2026-11-22T03:05:00.000Z",
@@ -133,7 +133,7 @@ def console(mariadb: MariaDB, tmp_path_factory) -> Iterator[Seeded]:
     for version, row in VERSIONS.items():
         store.record_tracking(mysql_settings, {"version_number": version, **row})
     for row in RELEASES:
-        extra = STEPS if STEPS_RECORDED and row["outcome"] == "aborted" else {}
+        extra = STEPS if row["outcome"] == "aborted" else {}
         store.record_release(mysql_settings, {**row, **extra})
     conn = store.connect(mysql_settings, "admin")
     try:
@@ -268,15 +268,14 @@ def test_releases_page_shows_each_release_figures_outcome_and_the_last_checks(
     assert aborted[6:14] == ["612.5", "300", "2", f"{2 / 300:.4f}", "40.0", "1200", "0", "0.0000"]
     assert promoted[6:14] == ["41.5", "1200", "0", "0.0000", "39.0", "4800", "1", f"{1 / 4800:.4f}"]
     assert aborted[14] == "canary_latency failed: 612.5 ms > 500 ms"
-    if STEPS_RECORDED:
-        assert cells(browser, "#steps-2 table.release-steps tr.step") == [
-            ["shadow (shadow)", "0.00", "2026-11-22T03:05:00.000Z", "2026-11-22T03:10:00.000Z", "5", "passed",
-             "advance", "canary_latency passed 45.0000 / 500.0000"],
-            ["5%", "0.05", "2026-11-22T03:10:00.000Z", "2026-11-22T03:20:00.000Z", "3", "failed", "abort",
-             "canary_latency failed 612.5000 / 500.0000"],
-        ]
-        assert cells(browser, "#steps-2 table.release-controls tr")[1:] == [
-            ["pause", "alice", "looking at latency", "2026-11-22T03:12:00Z", "5%", "True"]]
+    assert cells(browser, "#steps-2 table.release-steps tr.step") == [
+        ["shadow (shadow)", "0.00", "2026-11-22T03:05:00.000Z", "2026-11-22T03:10:00.000Z", "5", "passed",
+         "advance", "canary_latency passed 45.0000 / 500.0000"],
+        ["5%", "0.05", "2026-11-22T03:10:00.000Z", "2026-11-22T03:20:00.000Z", "3", "failed", "abort",
+         "canary_latency failed 612.5000 / 500.0000"],
+    ]
+    assert cells(browser, "#steps-2 table.release-controls tr")[1:] == [
+        ["pause", "alice", "looking at latency", "2026-11-22T03:12:00Z", "5%", "True"]]
     assert cells(browser, "#checks tr")[1:] == [
         ["canary_latency", "failed", "612.5000", "500.0000", "average latency 612.5 ms > 500 ms"],
         ["error_ratio", "passed", "0.0066", "0.0100", "5xx ratio upper bound below 1%"],
@@ -294,13 +293,18 @@ def test_online_page_shows_quality_per_version_and_slot(console: Seeded, browser
     shot(browser, "online")
 
 
+def answered(browser: webdriver.Chrome, element_id: str):
+    """The element of the page a form submission loads (a click returns before the new page is there)."""
+    return WebDriverWait(browser, 15).until(expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+
 def test_audit_form_answers_like_audit_user(console: Seeded, browser: webdriver.Chrome) -> None:
     browser.get(f"{console.url}/audit")
     browser.find_element(By.ID, "user_id").send_keys("42")
     browser.find_element(By.ID, "since").send_keys("2026-11-20T11:00")
     browser.find_element(By.ID, "until").send_keys("2026-11-20T13:30Z")
     browser.find_element(By.ID, "submit").click()
-    assert browser.find_element(By.ID, "summary").text == (
+    assert answered(browser, "summary").text == (
         "user 42: 2 request(s) between 2026-11-20T11:00:00Z and 2026-11-20T13:30:00Z, version(s) 1, 2")
     rows = cells(browser, "#requests tr.request")
     expected = [s for s in SERVED if s[2] == 42 and s[1] <= T0 + HOUR + timedelta(minutes=30)]
@@ -319,7 +323,7 @@ def test_audit_form_answers_like_audit_user(console: Seeded, browser: webdriver.
     browser.find_element(By.ID, "user_id").clear()
     browser.find_element(By.ID, "user_id").send_keys("4x2")
     browser.find_element(By.ID, "submit").click()
-    assert browser.find_element(By.ID, "error").text == "user id must be a non-negative integer below 2^63 (got '4x2')"
+    assert answered(browser, "error").text == "user id must be a non-negative integer below 2^63 (got '4x2')"
     assert not browser.find_elements(By.ID, "requests")
     shot(browser, "audit-bad-input")
 
