@@ -28,7 +28,7 @@ COLORS = ("#3465a4", "#f57900", "#73d216", "#cc0000")
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "movierec"})
 
 
-def _svg(fig: Any) -> Markup:
+def svg(fig: Any) -> Markup:
     """The figure as an inline `<svg>` element (no XML prolog), then closed to free its memory."""
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -60,7 +60,7 @@ def bars(series: Mapping[str, Mapping[str, float]], title: str, ylabel: str = ""
     if n > 1:
         ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
-    return _svg(fig)
+    return svg(fig)
 
 
 def intervals(rows: Sequence[tuple[str, float | None, float | None, float | None, bool]], title: str,
@@ -79,7 +79,7 @@ def intervals(rows: Sequence[tuple[str, float | None, float | None, float | None
     ax.invert_yaxis()
     ax.set_title(title)
     ax.spines[["top", "right"]].set_visible(False)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -74,7 +74,7 @@ def check_plot(name: str, points: list[dict[str, Any]], series: Sequence[Mapping
     ax.set_xlabel("seconds since the canary started")
     ax.set_title(name, loc="left")
     ax.legend(fontsize=7, loc="best")
-    return html._svg(fig)
+    return html.svg(fig)
 
 
 def curve_plot(key: str, title: str, unit: str, series: Sequence[Mapping[str, Any]]) -> Markup:
@@ -88,7 +88,7 @@ def curve_plot(key: str, title: str, unit: str, series: Sequence[Mapping[str, An
     ax.set_ylabel(unit)
     ax.set_title(f"{title}: canary vs stable", loc="left")
     ax.legend(fontsize=7, loc="best")
-    return html._svg(fig)
+    return html.svg(fig)
 
 
 def report_data(state: Mapping[str, Any]) -> dict[str, Any]:
