@@ -154,6 +154,9 @@ class MySQL:
                                 "are dropped and counted (default 6 GiB: a day at 200 req/s)", SPOOL_MAX_BYTES)
     dead_letter_dir: str = _doc("MOVIEREC_DEAD_LETTER_DIR", "refused rows and unreadable spool lines/files, with "
                                 "the reason (default <spool_dir>.dead-letter)", "")
+    # A few µs per answer buy back the rows a SIGKILLed/OOM-killed worker held in memory (app/provenance.py).
+    journal: bool = _doc("MOVIEREC_PROVENANCE_JOURNAL", "keep each worker's queued rows in a journal file in the "
+                         "spool dir, so a killed worker's rows are replayed by another (default on)", True)
     # added after callers built MySQL(...) by hand: defaults keep them working (same values as from_env)
     pipeline_user: str = _doc("MYSQL_PIPELINE_USER", "account of the scheduler/pipeline (writes tracking, "
                               "inserts releases; nothing else)", "movierec_pipeline")
@@ -182,6 +185,7 @@ class MySQL:
             spool_dir=_env("MOVIEREC_SPOOL_DIR", str(paths.run_dir / "spool" / slot)),
             spool_max_bytes=_env_int("MOVIEREC_SPOOL_MAX_BYTES", SPOOL_MAX_BYTES),
             dead_letter_dir=_env("MOVIEREC_DEAD_LETTER_DIR", ""),
+            journal=_env_bool("MOVIEREC_PROVENANCE_JOURNAL", True),
             pipeline_user=_env("MYSQL_PIPELINE_USER", "movierec_pipeline"),
             pipeline_password=_env("MYSQL_PIPELINE_PASSWORD", "local-pipeline"),
             verify_tracking=_env_bool("MOVIEREC_VERIFY_TRACKING", True),
@@ -268,6 +272,28 @@ class Release:
                                     "promote only if the canary's average latency is at most stable's times this", 1.5)
     latency_slack_ms: float = _doc("RELEASE_LATENCY_SLACK_MS",
                                    "ms added to that limit: a smaller difference is noise, not a regression", 5.0)
+    # progression (auto_deployment.release.steps.Progression)
+    steps: str = _doc("RELEASE_STEPS", "traffic steps of a release: shadow and percentages of live requests",
+                      "shadow,5,20,50")
+    interval_s: float = _doc("RELEASE_INTERVAL_S", "the checks run every this many seconds", 60.0)
+    failure_limit: int = _doc("RELEASE_FAILURE_LIMIT", "failed intervals (in a whole release) that abort it", 2)
+    inconclusive_limit: int = _doc("RELEASE_INCONCLUSIVE_LIMIT", "inconclusive intervals in a row past a step's "
+                                   "time that abort (no data is never a pass)", 10)
+    require_approval: bool = _doc("RELEASE_REQUIRE_APPROVAL", "after the last step passed, wait for `release "
+                                  "--approve` before promoting (the checks keep running; 0 = promote at once)", False)
+    # p99 vs stable (auto_deployment.release.checks.Tail)
+    p99_vs_stable: float = _doc("RELEASE_P99_VS_STABLE", "promote only if the canary's p99 is at most stable's "
+                                "times this", 2.0)
+    p99_slack_ms: float = _doc("RELEASE_P99_SLACK_MS", "ms added to that limit (a p99 within one bucket is noise)",
+                               10.0)
+    p99_min_requests: int = _doc("RELEASE_P99_MIN_REQUESTS", "fewest answers before the p99 may judge (below, "
+                                 "a p99 is the max of a handful)", 300)
+    # model quality online (auto_deployment.release.quality.Quality)
+    event_log: str = _doc("RELEASE_EVENT_LOG", "event log whose lists and watches judge the canary's quality "
+                          "vs stable; empty = no quality check", "")
+    quality_min_lists: int = _doc("RELEASE_QUALITY_MIN_LISTS", "fewest lists per side before the quality test "
+                                  "may judge", 200)
+    quality_confidence: float = _doc("RELEASE_QUALITY_CONFIDENCE", "level of the one-sided quality test", 0.95)
 
     @classmethod
     def from_env(cls) -> Release:
@@ -282,6 +308,17 @@ class Release:
             confidence=_env_float("RELEASE_CONFIDENCE", 0.95),
             latency_vs_stable=_env_float("RELEASE_LATENCY_VS_STABLE", 1.5),
             latency_slack_ms=_env_float("RELEASE_LATENCY_SLACK_MS", 5.0),
+            steps=_env("RELEASE_STEPS", "shadow,5,20,50"),
+            interval_s=_env_float("RELEASE_INTERVAL_S", 60.0),
+            failure_limit=_env_int("RELEASE_FAILURE_LIMIT", 2),
+            inconclusive_limit=_env_int("RELEASE_INCONCLUSIVE_LIMIT", 10),
+            require_approval=_env_bool("RELEASE_REQUIRE_APPROVAL", False),
+            p99_vs_stable=_env_float("RELEASE_P99_VS_STABLE", 2.0),
+            p99_slack_ms=_env_float("RELEASE_P99_SLACK_MS", 10.0),
+            p99_min_requests=_env_int("RELEASE_P99_MIN_REQUESTS", 300),
+            event_log=_env("RELEASE_EVENT_LOG", "").strip(),
+            quality_min_lists=_env_int("RELEASE_QUALITY_MIN_LISTS", 200),
+            quality_confidence=_env_float("RELEASE_QUALITY_CONFIDENCE", 0.95),
         )
 
 

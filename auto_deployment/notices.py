@@ -84,6 +84,23 @@ class ReleaseResult(Protocol):
     finished_at: str | None
     commit: str | None
     recorded: bool
+    decider: dict[str, Any] | None  # the check that decided: name, status, value, limit, sample, sample_of
+    decided_by: str | None  # the person who decided by hand (abort, promote-now, approve)
+
+
+def _number(value: object) -> str:
+    return "unknown" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def decider_text(decider: Mapping[str, Any] | None) -> str | None:
+    """``latency_vs_stable (failed): value 230, limit 45, sample 1000 requests``: the deciding check and its
+    numbers, one field of its own in every notice (None when no check decided: by hand, deploy error)."""
+    if not decider:
+        return None
+    sample = decider.get("sample")
+    sample_text = "unknown" if sample is None else f"{float(sample):.0f} {decider.get('sample_of') or 'requests'}"
+    return (f"{decider.get('name')} ({decider.get('status')}): value {_number(decider.get('value'))}, "
+            f"limit {_number(decider.get('limit'))}, sample {sample_text}")
 
 
 def release_notice(result: ReleaseResult) -> Notice:
@@ -95,10 +112,13 @@ def release_notice(result: ReleaseResult) -> Notice:
         PROMOTED: f"Version {c} now serves on every slot (was {p}): {reason}.",
         ABORTED: f"Version {c} did not pass the canary gate; every slot serves {p}: {reason}.",
     }.get(result.outcome, f"The release of version {c} failed: {reason}.")
-    fields: dict[str, Any] = {
-        "candidate": c, "previous": p, "outcome": result.outcome, "reason": reason,
-        "started_at": result.started_at, "finished_at": result.finished_at,
-    }
+    fields: dict[str, Any] = {"candidate": c, "previous": p, "outcome": result.outcome}
+    decided = decider_text(getattr(result, "decider", None))
+    if decided:
+        fields["deciding check"] = decided
+    if getattr(result, "decided_by", None):
+        fields["decided by"] = result.decided_by
+    fields.update(reason=reason, started_at=result.started_at, finished_at=result.finished_at)
     for side in ("canary", "stable"):
         figures = result.figures.get(side) or {}
         for key in FIGURES_SHOWN:
@@ -132,6 +152,11 @@ def release_fields(release: ReleaseResult | None, run_reason: str) -> dict[str, 
     if release is None:
         return {}
     out: dict[str, Any] = {"release": release.outcome}
+    decided = decider_text(getattr(release, "decider", None))
+    if decided:
+        out["release deciding check"] = decided
+    if getattr(release, "decided_by", None):
+        out["release decided by"] = release.decided_by
     if release.reason and release.reason != run_reason:
         out["release reason"] = release.reason
     for side in ("canary", "stable"):

@@ -22,13 +22,16 @@ RUN set -eu; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $from -r requirements.txt
 
 FROM ${PYTHON_IMAGE}
+# /srv/run/metrics is world-writable with the sticky bit: the `pipeline_metrics` volume starts as a copy of it,
+# and the scheduler runs as any MOVIEREC_UID; the files there are Prometheus gauges, not secrets.
 # git: the version stage commits and DVC tracks data/ and models/ in a repository (MOVIEREC_REPO_DIR).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /srv --no-create-home movierec \
- && mkdir -p /srv/models /srv/data /srv/run/slots /srv/run/nginx /srv/config /srv/events /srv/checkout \
- && chown -R movierec:movierec /srv
+ && mkdir -p /srv/models /srv/data /srv/run/slots /srv/run/nginx /srv/run/metrics /srv/config /srv/events /srv/checkout \
+ && chown -R movierec:movierec /srv \
+ && chmod 1777 /srv/run/metrics
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 import operator
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -246,7 +245,7 @@ def worse_z(hits_c: float, n_c: float, hits_s: float, n_s: float) -> tuple[float
 
 @dataclass(frozen=True)
 class Tail:
-    """The p99 comparison with stable (env, read once at the edge by `wiring.ReleaseSettings.from_env`)."""
+    """The p99 comparison with stable (`app.settings.Release`, read once by `wiring.ReleaseSettings.from_env`)."""
 
     p99_vs_stable: float = 2.0  # RELEASE_P99_VS_STABLE: canary p99 at most stable's × this ...
     p99_slack_ms: float = 10.0  # RELEASE_P99_SLACK_MS: ... + this (a p99 within one bucket of a few ms is noise)
@@ -254,13 +253,9 @@ class Tail:
     # answers may be slow before p99 moves: a few cold or preempted requests are not a regression)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Tail:
-        env = os.environ if environ is None else environ
-        try:
-            return cls(float(env.get("RELEASE_P99_VS_STABLE", "2.0")), float(env.get("RELEASE_P99_SLACK_MS", "10")),
-                       int(env.get("RELEASE_P99_MIN_REQUESTS", "300")))
-        except ValueError as exc:
-            raise ValueError(f"release p99 settings: {exc}") from exc
+    def from_settings(cls, release: Release) -> Tail:
+        """The p99 settings of `app.settings.Release` (read once at the edge)."""
+        return cls(release.p99_vs_stable, release.p99_slack_ms, release.p99_min_requests)
 
 
 def default_checks(release: Release, tail: Tail | None = None) -> tuple[Check, ...]:

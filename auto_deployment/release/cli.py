@@ -4,6 +4,7 @@
     python -m auto_deployment release --status            # step, weight, each check, time left (--json: raw)
     python -m auto_deployment release --pause --who alice --why "looking at the 5xx"   # --resume, --abort,
     python -m auto_deployment release --promote-now --who bob --why "hotfix, checks waived"  # (control.py)
+    python -m auto_deployment release --approve --who carol --why "dashboards fine"  # RELEASE_REQUIRE_APPROVAL=1
 
 The settings are read here, once, and passed down (`wiring.ReleaseSettings`). Exit codes: 0 promoted
 (or nothing to do), 1 aborted or failed, 2 refused (bad request), 3 another release is running.
@@ -21,10 +22,17 @@ import time
 
 from app.clock import parse_duration
 from app.logs import kv
-from auto_deployment.release.control import ACTIONS, ControlChannel, ControlRequest, default_who, status_text
+from auto_deployment.release.control import (
+    ACTIONS,
+    APPROVE,
+    ControlChannel,
+    ControlRequest,
+    default_who,
+    status_text,
+)
 from auto_deployment.release.controller import EXIT_LOCKED, EXIT_REFUSED, ReleaseRefused
 from auto_deployment.release.deploy import parse_slot_urls
-from auto_deployment.release.state import UNDECIDED, ReleaseLocked, StateStore, release_lock
+from auto_deployment.release.state import AWAIT_APPROVAL, UNDECIDED, ReleaseLocked, StateStore, release_lock
 from auto_deployment.release.steps import parse_steps
 from auto_deployment.release.wiring import ReleaseSettings, build_controller
 
@@ -72,8 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="with --status: the whole state file as JSON")
     control = parser.add_mutually_exclusive_group()
     for action in ACTIONS:
+        what = ("approve the promotion of a release that awaits it (RELEASE_REQUIRE_APPROVAL=1)"
+                if action == APPROVE else f"{action} the running release")
         control.add_argument(f"--{action}", dest="control", action="store_const", const=action,
-                             help=f"{action} the running release (recorded with --who/--why)")
+                             help=f"{what} (recorded with --who/--why)")
     parser.add_argument("--who", help="who asks for the control (default: the login name)")
     parser.add_argument("--why", default="", help="why: kept in the state file and the releases row")
 
@@ -99,6 +109,10 @@ def _send_control(run_dir, action: str, who: str, why: str) -> int:
     if state is None or state.state not in UNDECIDED:
         print(f"release --{action}: no release is being observed"
               + (f" (the last one is {state.state})" if state else ""), file=sys.stderr)
+        return EXIT_REFUSED
+    if action == APPROVE and state.state != AWAIT_APPROVAL:
+        print(f"release --approve: the release of version {state.candidate} does not await approval "
+              f"(it is in {state.state})", file=sys.stderr)
         return EXIT_REFUSED
     path = ControlChannel(run_dir).send(ControlRequest(action, who, why, time.time()))
     log.info("release: control sent", extra=kv(action=action, who=who, why=why, candidate=state.candidate))

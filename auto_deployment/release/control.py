@@ -1,4 +1,4 @@
-"""Manual control of a running release: pause, resume, abort, promote now (issue 11), and its status.
+"""Manual control of a running release: pause, resume, abort, promote now, approve (issue 11), and its status.
 
 ``release --pause|--resume|--abort|--promote-now --who NAME --why TEXT`` drops one request file into
 ``<run>/release/control/`` (atomically, uniquely named, so two operators never overwrite each other); the
@@ -10,7 +10,11 @@ another process (the CLI, the scheduler), possibly in another container sharing 
 - pause: the weights stay as they are, no interval is analysed, and the step's clock stops;
 - resume: the step's clock runs again, from where it stopped;
 - abort: the release goes to ABORT at once (canary rolled back), outcome ``aborted``;
-- promote-now: the release goes to PROMOTE at once, whatever the checks say (the person answers for it).
+- promote-now: the release goes to PROMOTE at once, whatever the checks say (the person answers for it);
+- approve: with ``RELEASE_REQUIRE_APPROVAL=1`` a release whose last step passed waits (AWAIT_APPROVAL, the
+  checks still running, a failure still aborting) until someone approves: it then goes to PROMOTE, outcome
+  ``promoted``, ``decided_by`` the approver (Flagger's confirm-promotion gate). An approval sent before the
+  release waits is kept in ``controls`` as not applied, and changes nothing.
 
 `status_text` renders ``release --status``: the step, its weight, each check's value and limit, and the
 time left.
@@ -29,12 +33,12 @@ from typing import Any
 
 from app.files import write_json_atomic
 from app.logs import kv
-from auto_deployment.release.state import ReleaseState
+from auto_deployment.release.state import AWAIT_APPROVAL, ReleaseState
 
 log = logging.getLogger(__name__)
 
-PAUSE, RESUME, ABORT_NOW, PROMOTE_NOW = "pause", "resume", "abort", "promote-now"
-ACTIONS = (PAUSE, RESUME, ABORT_NOW, PROMOTE_NOW)
+PAUSE, RESUME, ABORT_NOW, PROMOTE_NOW, APPROVE = "pause", "resume", "abort", "promote-now", "approve"
+ACTIONS = (PAUSE, RESUME, ABORT_NOW, PROMOTE_NOW, APPROVE)
 
 
 def default_who() -> str:
@@ -118,7 +122,7 @@ def status_text(state: ReleaseState | None, now: float | None = None) -> str:
             else f"{100 * float(step.get('share', 0)):g}% of live requests to the canary"
         lines.append(f"step {index + 1}/{len(steps)} {step.get('name')}: {weight}")
         step_s = float(gate.get("step_s") or 0)
-        if state.step_started is not None:
+        if state.step_started is not None and state.state != AWAIT_APPROVAL:
             paused = (now - state.paused_at) if state.paused_at else 0.0
             elapsed = now - state.step_started - paused
             left = max(0.0, step_s - elapsed)
@@ -127,6 +131,12 @@ def status_text(state: ReleaseState | None, now: float | None = None) -> str:
                          f"at the earliest" + (" (PAUSED)" if state.paused_at else ""))
         lines.append(f"failed intervals {state.failures} of {gate.get('failure_limit')} allowed; held "
                      f"{state.held} of {gate.get('inconclusive_limit')} intervals past the step's time")
+        if state.state == AWAIT_APPROVAL:
+            waited = now - (state.awaiting_since or now)
+            lines.append(f"AWAITING APPROVAL for {_duration(waited)}: every step passed; promote with `release "
+                         f"--approve --who NAME --why TEXT` (the checks keep running: a failure still aborts)")
+        elif gate.get("require_approval"):
+            lines.append("approval required: after the last step the release waits for `release --approve`")
     if state.checks:
         lines.append("checks (last interval):")
         for check in state.checks:

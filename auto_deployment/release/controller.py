@@ -2,9 +2,9 @@
 
 Every transition is logged and persisted (``state.py``), before the work of the new state starts::
 
-    DEPLOY_CANARY ─▶ OBSERVE (step 1) ─▶ OBSERVE (step 2) ─▶ … ─┬─▶ PROMOTE ─┐
-          │             │                                       └─▶ ABORT ───┴─▶ RECORD ─▶ NOTIFY ─▶ DONE
-          └─────────────┴──(failure limit, inconclusive limit, deploy error, stop)──▶ ABORT
+    DEPLOY_CANARY ─▶ OBSERVE (step 1) ─▶ OBSERVE (step 2) ─▶ … ─┬─▶ [AWAIT_APPROVAL] ─▶ PROMOTE ─┐
+          │             │                                       └─▶ ABORT ────────────────────────┴─▶ RECORD ─▶ …
+          └─────────────┴──(failure limit, inconclusive limit, deploy error, stop)──▶ ABORT        NOTIFY ─▶ DONE
 
 - DEPLOY_CANARY: the canary's share of live traffic is drained (no user meets the candidate before its
   steps), then the candidate goes to the canary slot only; the deployer waits until it serves.
@@ -14,6 +14,9 @@ Every transition is logged and persisted (``state.py``), before the work of the 
   step so far, and ``steps.next_move`` decides: stay, advance to the next step (OBSERVE again), promote
   after the last step, or abort at once (failure limit; inconclusive past the step's time for too long —
   Prometheus down, no data or too small a sample is never a pass).
+- AWAIT_APPROVAL (only with ``RELEASE_REQUIRE_APPROVAL=1``, Flagger's confirm-promotion): the last step
+  passed; its weights stay and the checks keep judging every interval over a step's length (a failure or
+  inconclusive limit still aborts) until ``release --approve --who --why`` (control.py) promotes.
 - PROMOTE: the stable slots, in the topology's order, move to the candidate, each serving before the
   next; then ``version.txt`` names it and is committed (`deploy.StableVersion`).
 - ABORT: the canary (and any stable slot a failed promotion had moved) goes back to the previous
@@ -27,7 +30,7 @@ Every transition is logged and persisted (``state.py``), before the work of the 
 Crash recovery. One release at a time (`state.release_lock`). A state file that is not DONE when
 the next release starts means the previous process died; it is repaired first:
 
-- died in DEPLOY_CANARY or OBSERVE (any step): no decision was taken, so the canary is rolled back
+- died in DEPLOY_CANARY, OBSERVE (any step) or AWAIT_APPROVAL: no decision was taken, so the canary is rolled back
   to the stable version, traffic goes back to the resting split without mirror, and the release is
   recorded ``failed`` with reason ``interrupted``;
 - died in PROMOTE: the checks had passed (their figures are in the state file), so the promotion is
@@ -60,8 +63,19 @@ from app.contracts import bundle
 from app.contracts.topology import CANARY, STABLE, Topology
 from app.logs import kv
 from auto_deployment.notices import Notifies, release_notice
-from auto_deployment.release.checks import Check, ProportionCheck, judge
-from auto_deployment.release.control import ABORT_NOW, PAUSE, PROMOTE_NOW, RESUME, ControlChannel, ControlRequest
+from auto_deployment.release.checks import FAILED as CHECK_FAILED
+from auto_deployment.release.checks import INCONCLUSIVE as CHECK_INCONCLUSIVE
+from auto_deployment.release.checks import PASSED as CHECK_PASSED
+from auto_deployment.release.checks import Check, ProportionCheck, Verdict, judge
+from auto_deployment.release.control import (
+    ABORT_NOW,
+    APPROVE,
+    PAUSE,
+    PROMOTE_NOW,
+    RESUME,
+    ControlChannel,
+    ControlRequest,
+)
 from auto_deployment.release.deploy import DeployError, SlotDeployer, StableVersion
 from auto_deployment.release.metrics import Figures, Measurement, MetricsQuery
 from auto_deployment.release.recorder import Recorder, is_row_of, release_row
@@ -69,6 +83,7 @@ from auto_deployment.release.router import NullRouter, Router
 from auto_deployment.release.state import (
     ABORT,
     ABORTED,
+    AWAIT_APPROVAL,
     DEPLOY_CANARY,
     DONE,
     FAILED,
@@ -84,7 +99,8 @@ from auto_deployment.release.state import (
     StateStore,
 )
 from auto_deployment.release.steps import ABORT as ABORT_MOVE
-from auto_deployment.release.steps import ADVANCE, DEFAULT_STEPS, Progression, Step, next_move, parse_steps
+from auto_deployment.release.steps import ADVANCE, DEFAULT_STEPS, Move, Progression, Step, next_move, parse_steps
+from auto_deployment.release.textfile import ReleaseMetrics
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +145,33 @@ def _measurement_dict(m: Measurement) -> dict[str, Any]:
     return m.as_dict() if isinstance(m, Figures) else {"no_data": m.reason}
 
 
+def decider_of(checks: tuple[Check | ProportionCheck, ...], verdict: Verdict, canary: Measurement) -> dict[str, Any]:
+    """The check that decides this interval's verdict, with its numbers (the notices name it).
+
+    Failed: the first failed check; inconclusive: the first inconclusive one (or "no_data" when there were no
+    figures at all); passed: the check closest to its limit (least |limit - value| / |limit|), the one that
+    came nearest to stopping the release. `sample` is the canary's requests (lists for a proportion check).
+    """
+    if not verdict.results:
+        return {"name": "no_data", "status": CHECK_INCONCLUSIVE, "value": None, "limit": None, "sample": None,
+                "sample_of": "requests", "text": verdict.reason}
+    status = verdict.status
+    if status == CHECK_PASSED:
+        def margin(r: Any) -> float:
+            if r.value is None or r.limit is None:
+                return float("inf")
+            return abs(r.limit - r.value) / max(abs(r.limit), 1e-12)
+
+        chosen = min(verdict.results, key=margin)
+    else:
+        wanted = CHECK_FAILED if status == CHECK_FAILED else CHECK_INCONCLUSIVE
+        chosen = next(r for r in verdict.results if r.status == wanted)
+    check = next((c for c in checks if c.name == chosen.name), None)
+    figure, word = (check.sample, "lists") if isinstance(check, ProportionCheck) else ("requests", "requests")
+    sample = canary.get(figure) if isinstance(canary, Figures) else None
+    return {**chosen.to_dict(), "sample": sample, "sample_of": word}
+
+
 class Controller:
     """Drives one release through its states with injected collaborators (deployer, metrics, ...)."""
 
@@ -160,12 +203,14 @@ class Controller:
         self.run_dir = Path(run_dir)
         self.store = StateStore(run_dir)
         self.control = ControlChannel(run_dir)
+        self.gauges = ReleaseMetrics(run_dir)  # <run>/metrics/release.prom (textfile.py)
         self.stop = stop or threading.Event()
         self.poll_s = poll_s
         self.state: ReleaseState | None = None
         self._handlers: dict[str, Callable[[], str]] = {
             DEPLOY_CANARY: self._deploy_canary,
             OBSERVE: self._observe,
+            AWAIT_APPROVAL: self._await_approval,
             PROMOTE: self._promote,
             ABORT: self._abort,
             RECORD: self._record,
@@ -192,7 +237,9 @@ class Controller:
         log.info("release: start", extra=kv(candidate=candidate, previous=previous, observe_s=self.analysis.observe_s,
                                             steps=",".join(st.name for st in self.analysis.progression.steps),
                                             interval_s=self.analysis.interval_s,
-                                            checks=",".join(c.name for c in self.analysis.checks)))
+                                            checks=",".join(c.name for c in self.analysis.checks),
+                                            require_approval=self.analysis.progression.require_approval))
+        self.gauges.count(self.state, "started")
         self._enter(DEPLOY_CANARY)
         result = self._drive()
         result.recovered = recovered
@@ -240,7 +287,10 @@ class Controller:
         state = self.state
         assert state is not None
         old = state.enter(new)
+        if new == RECORD and state.outcome:
+            self.gauges.count(state, state.outcome)
         self.store.save(state)
+        self.gauges.write(state)
         log.info(
             "release: state",
             extra=kv(candidate=state.candidate, previous=state.previous, transition=f"{old}->{new}",
@@ -250,6 +300,7 @@ class Controller:
     def _fail(self, reason: str) -> None:
         assert self.state is not None
         self.state.outcome, self.state.reason = FAILED, reason
+        self.state.decider = None  # no check decided this
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -310,9 +361,21 @@ class Controller:
             s.step_log.append({"name": step.name, "share": step.share, "shadow": step.shadow,
                                "started_at": now_iso("milliseconds")})
             self.store.save(s)
+            self.gauges.write(s)  # the step and its weight, from the moment they apply
             log.info("release: step", extra=kv(candidate=s.candidate, step=f"{s.step + 1}/{len(progression.steps)}",
                                                name=step.name, canary_share=step.share, shadow=step.shadow,
                                                step_s=self.analysis.step_s))
+        return self._analyse(step)
+
+    def _await_approval(self) -> str:
+        """Every step passed: keep the last step's weights and analyse every interval until someone approves
+        (`release --approve`: PROMOTE), aborts, promotes now, or a failure/inconclusive limit aborts."""
+        return self._analyse(self.analysis.progression.steps[self.state.step], awaiting=True)
+
+    def _analyse(self, step: Step, awaiting: bool = False) -> str:
+        """Every interval: apply the operators' controls, judge the canary, and leave on a decisive move."""
+        s = self.state
+        progression = self.analysis.progression
         while True:
             self._check_stop()
             decided = self._apply_controls(step)
@@ -325,21 +388,36 @@ class Controller:
             if now < s.next_check:
                 self.stop.wait(max(0.0, min(self.poll_s, s.next_check - now)))
                 continue
-            move = self._interval(step, now)
+            move = self._interval(step, now, awaiting)
             while s.next_check <= time.time():
                 s.next_check += self.analysis.interval_s
             self.store.save(s)
+            self.gauges.write(s)
             if move.action == ABORT_MOVE:
-                s.outcome, s.reason = ABORTED, f"step {step.name}: {move.reason}"
+                where = f"awaiting approval after step {step.name}" if awaiting else f"step {step.name}"
+                s.outcome, s.reason = ABORTED, f"{where}: {move.reason}"
                 self._end_step(ABORT_MOVE)
                 return ABORT
-            if move.action == ADVANCE:
-                self._end_step(ADVANCE)
+            if move.action == ADVANCE and not awaiting:
                 if s.step + 1 >= len(progression.steps):
+                    if progression.require_approval:
+                        return self._wait_for_approval(step, move)
+                    self._end_step(ADVANCE)
                     s.outcome, s.reason = PROMOTED, f"every step passed; last, {step.name}: {move.reason}"
                     return PROMOTE
+                self._end_step(ADVANCE)
                 s.step, s.step_started = s.step + 1, None
                 return OBSERVE
+
+    def _wait_for_approval(self, step: Step, move: Move) -> str:
+        s = self.state
+        s.awaiting_since = time.time()
+        s.reason = f"every step passed; last, {step.name}: {move.reason}; awaiting approval"
+        if s.step_log:
+            s.step_log[-1]["awaiting_approval_at"] = now_iso("milliseconds")
+        log.warning("release: awaiting approval", extra=kv(candidate=s.candidate, step=step.name,
+                                                           how="release --approve --who NAME --why TEXT"))
+        return AWAIT_APPROVAL
 
     def _end_step(self, move: str, **extra: Any) -> None:
         s = self.state
@@ -353,6 +431,7 @@ class Controller:
             decided = self._apply(request, step)
             s.controls.append({**request.to_dict(), "step": step.name, "applied": decided is not False})
             self.store.save(s)
+            self.gauges.write(s)
             log.warning("release: manual control", extra=kv(candidate=s.candidate, action=request.action,
                                                             who=request.who, why=request.why, step=step.name))
             if isinstance(decided, str):
@@ -376,8 +455,18 @@ class Controller:
             s.next_check = now + self.analysis.interval_s
             s.paused_at = None
             return True
+        if request.action == APPROVE:
+            if s.state != AWAIT_APPROVAL:
+                return False  # nothing to approve yet: the steps decide first
+            s.decided_by, s.paused_at = request.who, None
+            s.outcome = PROMOTED
+            s.reason = (f"every step passed; approved by {request.who} after {now - (s.awaiting_since or now):.0f} s "
+                        f"of waiting: {request.why or 'no reason given'}")
+            self._end_step(ADVANCE, by=request.who)
+            return PROMOTE
         by = f"by hand by {request.who} during step {step.name}: {request.why or 'no reason given'}"
         s.decided_by = request.who
+        s.decider = None  # a person decided, not a check
         s.paused_at = None
         if request.action == ABORT_NOW:
             s.outcome, s.reason = ABORTED, f"aborted {by}"
@@ -388,18 +477,21 @@ class Controller:
         self._end_step(ADVANCE, by=request.who)
         return PROMOTE
 
-    def _interval(self, step: Step, at: float) -> Any:
-        """Judge the canary against the checks over the step so far, and decide the move (`steps.next_move`)."""
+    def _interval(self, step: Step, at: float, awaiting: bool = False) -> Move:
+        """Judge the canary against the checks over the step so far (awaiting approval: over the last step's
+        length, a sliding window), and decide the move (`steps.next_move`)."""
         s = self.state
         progression = self.analysis.progression
         elapsed = at - (s.step_started or at)
-        window = max(elapsed, self.analysis.interval_s)
+        judged = min(elapsed, self.analysis.step_s) if awaiting else elapsed
+        window = max(judged, self.analysis.interval_s)
         canary = self.metrics.figures(CANARY, s.candidate, window, at)
         stable = self.metrics.figures(STABLE, s.previous, window, at)
         s.figures = {"canary": _measurement_dict(canary), "stable": _measurement_dict(stable)}
         verdict = judge(self.analysis.checks, canary, stable)
         s.checks = [r.to_dict() for r in verdict.results]
-        move = next_move(verdict.status, step_over=elapsed >= self.analysis.step_s, failures=s.failures,
+        s.decider = decider_of(self.analysis.checks, verdict, canary)
+        move = next_move(verdict.status, step_over=awaiting or elapsed >= self.analysis.step_s, failures=s.failures,
                          held=s.held, progression=progression, why=verdict.reason)
         s.failures, s.held = move.failures, move.held
         if s.step_log:

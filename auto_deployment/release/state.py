@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 # states (the controller's handler table is keyed by them)
 DEPLOY_CANARY = "DEPLOY_CANARY"
 OBSERVE = "OBSERVE"
+AWAIT_APPROVAL = "AWAIT_APPROVAL"  # every step passed; RELEASE_REQUIRE_APPROVAL=1 waits for `release --approve`
 ANALYSE = "ANALYSE"
 PROMOTE = "PROMOTE"
 ABORT = "ABORT"
 RECORD = "RECORD"
 NOTIFY = "NOTIFY"
 DONE = "DONE"
-UNDECIDED = (DEPLOY_CANARY, OBSERVE, ANALYSE)  # no decision taken yet: interruptible, rolled back
+UNDECIDED = (DEPLOY_CANARY, OBSERVE, AWAIT_APPROVAL, ANALYSE)  # no decision taken yet: interruptible, rolled back
 # OBSERVE runs the traffic steps, each analysed every interval (`steps.next_move`); ANALYSE, the single
 # end-of-window analysis of earlier versions, is only ever found in an old state file (repaired as undecided).
 
@@ -70,7 +71,10 @@ class ReleaseState:
     series: list[dict[str, Any]] = field(default_factory=list)  # every interval's check values and figures (report)
     paused_at: float | None = None  # unix time of `release --pause`; None when running
     controls: list[dict[str, Any]] = field(default_factory=list)  # manual controls applied (control.py)
-    decided_by: str | None = None  # who aborted or promoted by hand; None: the checks decided
+    decided_by: str | None = None  # who aborted, promoted or approved by hand; None: the checks decided
+    awaiting_since: float | None = None  # unix time the release began to wait for `release --approve`
+    decider: dict[str, Any] | None = None  # the check that decided, with its numbers (`controller.decider_of`)
+    counted: list[str] = field(default_factory=list)  # events already added to the release counters (textfile)
     figures: dict[str, Any] = field(default_factory=dict)  # {"canary": {...}, "stable": {...}}
     checks: list[dict[str, Any]] = field(default_factory=list)  # each check's result (checks.CheckResult)
     outcome: str | None = None
@@ -117,6 +121,8 @@ class ReleaseResult:
     recorded: bool = False
     notified: list[str] = field(default_factory=list)
     recovered: dict[str, Any] | None = None  # what a repaired earlier release ended as
+    decider: dict[str, Any] | None = None  # the deciding check: name, status, value, limit, sample, text
+    decided_by: str | None = None  # the person who decided by hand (abort, promote-now, approve); None: the checks
 
     @classmethod
     def of(cls, state: ReleaseState) -> ReleaseResult:
@@ -124,6 +130,7 @@ class ReleaseResult:
             candidate=state.candidate, previous=state.previous, outcome=state.outcome or FAILED,
             reason=state.reason, figures=state.figures, checks=state.checks, started_at=state.started_at,
             finished_at=state.finished_at, commit=state.commit, recorded=state.recorded, notified=state.notified,
+            decider=state.decider, decided_by=state.decided_by,
         )
 
     @property

@@ -19,15 +19,17 @@ passed                  advance once the step's time (`step_s`) is over, else st
 ======================  ========================================================================
 
 The step's time is the observation window (``RELEASE_OBSERVE_S``, the card's 12 h) shared equally by the
-steps. `Progression.from_env` is the one place these settings are read (documented defaults below).
+steps. The settings live in `app.settings.Release` (read once at the edge); `Progression.from_settings`
+turns them into this value. With ``RELEASE_REQUIRE_APPROVAL=1`` a release whose last step passed waits for
+``release --approve`` (the controller's AWAIT_APPROVAL state) instead of promoting at once.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from app.settings import Release
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"  # the verdict of one interval
 STAY, ADVANCE, ABORT = "stay", "advance", "abort"  # the move it makes
@@ -70,12 +72,13 @@ def parse_steps(text: str) -> tuple[Step, ...]:
 
 @dataclass(frozen=True)
 class Progression:
-    """How a release moves (env, read once at the edge by `wiring.ReleaseSettings.from_env`)."""
+    """How a release moves (`app.settings.Release`, read once at the edge by `wiring.ReleaseSettings.from_env`)."""
 
     steps: tuple[Step, ...]  # RELEASE_STEPS, default "shadow,5,20,50"
     interval_s: float = 60.0  # RELEASE_INTERVAL_S: the checks run every interval
     failure_limit: int = 2  # RELEASE_FAILURE_LIMIT: failed intervals (in the whole release) that abort it
     inconclusive_limit: int = 10  # RELEASE_INCONCLUSIVE_LIMIT: held intervals in a row past a step's time that abort
+    require_approval: bool = False  # RELEASE_REQUIRE_APPROVAL: after the last step, wait for `release --approve`
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.failure_limit < 1 or self.inconclusive_limit < 1:
@@ -83,21 +86,19 @@ class Progression:
                              f"{self.failure_limit}, inconclusive limit {self.inconclusive_limit}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Progression:
-        env = os.environ if environ is None else environ
+    def from_settings(cls, release: Release) -> Progression:
+        """The progression the settings describe (a bad step list or limit names the progression)."""
         try:
-            return cls(
-                steps=parse_steps(env.get("RELEASE_STEPS", DEFAULT_STEPS)),
-                interval_s=float(env.get("RELEASE_INTERVAL_S", "60")),
-                failure_limit=int(env.get("RELEASE_FAILURE_LIMIT", "2")),
-                inconclusive_limit=int(env.get("RELEASE_INCONCLUSIVE_LIMIT", "10")),
-            )
+            return cls(steps=parse_steps(release.steps), interval_s=release.interval_s,
+                       failure_limit=release.failure_limit, inconclusive_limit=release.inconclusive_limit,
+                       require_approval=release.require_approval)
         except ValueError as exc:
             raise ValueError(f"release progression settings: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": [s.to_dict() for s in self.steps], "interval_s": self.interval_s,
-                "failure_limit": self.failure_limit, "inconclusive_limit": self.inconclusive_limit}
+                "failure_limit": self.failure_limit, "inconclusive_limit": self.inconclusive_limit,
+                "require_approval": self.require_approval}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Putting a release together: settings in, a controller with its real collaborators out.
 
-`ReleaseSettings.from_env()` is the one place the release reads the environment; the CLI and the
-retraining pipeline (the edges) call it once and pass the result down. Everything below takes
+`ReleaseSettings.from_env()` is the one place the release reads the environment (through
+`app.settings`, where every variable and its default is documented); the CLI and the retraining
+pipeline (the edges) call it once and pass the result down. The collaborators' own values
+(`Progression`, `Tail`, `Quality`) are built here from the `Release` section. Everything below takes
 explicit values, so a test or the pipeline can wire a release without touching the environment.
 """
 
@@ -39,15 +41,16 @@ class ReleaseSettings:
     mysql: MySQL
     notify: Notify
     pipeline: Pipeline
-    progression: Progression = dataclasses.field(default_factory=Progression.from_env)
-    tail: Tail = dataclasses.field(default_factory=Tail.from_env)
-    quality: Quality = dataclasses.field(default_factory=Quality.from_env)
+    progression: Progression
+    tail: Tail
+    quality: Quality
 
     @classmethod
     def from_env(cls) -> ReleaseSettings:
-        return cls(Paths.from_env(), Release.from_env(), Serving.from_env(), Monitoring.from_env(),
-                   MySQL.from_env(), Notify.from_env(), Pipeline.from_env(), Progression.from_env(), Tail.from_env(),
-                   Quality.from_env())
+        release = Release.from_env()
+        return cls(Paths.from_env(), release, Serving.from_env(), Monitoring.from_env(), MySQL.from_env(),
+                   Notify.from_env(), Pipeline.from_env(), Progression.from_settings(release),
+                   Tail.from_settings(release), Quality.from_settings(release))
 
     def with_progression(self, **overrides: object) -> ReleaseSettings:
         """The same settings with some `Progression` values replaced (command-line options; None = keep)."""

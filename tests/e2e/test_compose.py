@@ -310,6 +310,34 @@ def test_kafka_carries_the_simulators_event_log_to_the_collector_and_online_eval
     assert lists > 0
 
 
+_DRIFT_WRITER = """
+import pandas as pd
+from app.settings import Paths
+from auto_deployment.monitor import drift
+ratings = pd.DataFrame({"user_id": [1, 2, 3, 4] * 50, "movie_id": ["a", "b", "c", "d"] * 50,
+                        "rating": [1, 2, 3, 4] * 50, "timestamp": range(1_700_000_000, 1_700_720_000, 3600)})
+drift.write_gauges(drift.compute(ratings, ratings), Paths.from_env().run_dir / "metrics" / drift.TEXTFILE)
+"""
+
+
+def test_drift_gauges_written_by_the_scheduler_reach_prometheus_through_online_eval(compose_stack: ComposeStack):
+    """The scheduler writes `drift.prom` as any MOVIEREC_UID on the `pipeline_metrics` volume; online-eval serves it.
+
+    Before the shared volume the file stayed inside the scheduler's container and `DataDrift` could never fire."""
+    compose_stack.compose("run", "--rm", "--no-deps", "--user", "23456", "scheduler", "python", "-c", _DRIFT_WRITER,
+                          timeout=300, what="the scheduler writing drift gauges as an arbitrary uid")
+    deadline = time.monotonic() + 90
+    result: list = []
+    while time.monotonic() < deadline and not result:
+        body = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query",
+                            params={"query": 'movierec_drift_threshold{job="online_eval",check="rating_psi"}'},
+                            timeout=5).json()
+        result = body["data"]["result"]
+        time.sleep(3)
+    assert result, "drift gauges never scraped from online-eval"
+    assert float(result[0]["value"][1]) == pytest.approx(0.2)  # DRIFT_PSI_MAX's default
+
+
 def test_prometheus_scrapes_the_three_slots_up(compose_stack: ComposeStack):
     deadline = time.monotonic() + 60
     seen: set[str] = set()
@@ -380,6 +408,7 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
               "python -c 'from auto_deployment.release.wiring import build_deployer; "
               "build_deployer(runtime=\"compose\", timeout_s=120).deploy(\"canary\", 2)'")
     statuses: collections.Counter[int] = collections.Counter()
+    errors: list[str] = []  # what a failed request (status 0) was, so a failure says why
     stop = threading.Event()
 
     def load() -> None:
@@ -387,8 +416,9 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
             while not stop.is_set():
                 try:
                     statuses[session.get(f"{compose_stack.url('nginx')}/recommend/5", timeout=5).status_code] += 1
-                except requests.RequestException:
+                except requests.RequestException as exc:
                     statuses[0] += 1
+                    errors.append(f"{time.strftime('%H:%M:%S')} {exc!r}")
                 time.sleep(0.01)
 
     traffic = threading.Thread(target=load, daemon=True)
@@ -399,7 +429,7 @@ def test_compose_deployer_moves_the_canary_container_to_a_new_version_without_a_
     finally:
         stop.set()
         traffic.join(timeout=30)
-    assert set(statuses) == {200} and statuses[200] > 0, statuses
+    assert set(statuses) == {200} and statuses[200] > 0, (statuses, errors[:5])
     by_slot = {slot: str(version["version"]) for slot, version in _slot_versions(compose_stack).items()}
     assert by_slot == {"stable_1": "1", "stable_2": "1", "canary": "2"}
     served: collections.Counter[tuple[str, str]] = collections.Counter()

@@ -151,3 +151,12 @@ def test_p99_is_compared_with_stable_by_a_ratio_and_a_noise_floor():
     # a p99 of a small sample is its few slowest answers (a cold start): it cannot fail either, unlike an average
     cold = by_name(judge(checks, figures(p99_ms=700.0, latency_ms=700.0, requests=50.0), stable))
     assert cold["p99_vs_stable"][0] == INCONCLUSIVE and cold["latency"][0] == "failed"
+
+
+def test_p99_settings_have_documented_defaults_and_read_the_environment(monkeypatch):
+    for name in ("RELEASE_P99_VS_STABLE", "RELEASE_P99_SLACK_MS", "RELEASE_P99_MIN_REQUESTS"):
+        monkeypatch.delenv(name, raising=False)
+    assert Tail.from_settings(Release.from_env()) == Tail(2.0, 10.0, 300)
+    monkeypatch.setenv("RELEASE_P99_VS_STABLE", "1.25")
+    monkeypatch.setenv("RELEASE_P99_MIN_REQUESTS", "50")
+    assert Tail.from_settings(Release.from_env()) == Tail(1.25, 10.0, 50)

@@ -11,6 +11,7 @@ from scipy.stats import norm
 
 from app.contracts.events import RecommendationEvent, WatchEvent
 from app.contracts.topology import Topology
+from app.settings import Release
 from auto_deployment.release.checks import FAILED, INCONCLUSIVE, PASSED, ProportionCheck, worse_z
 from auto_deployment.release.metrics import Figures, NoData
 from auto_deployment.release.quality import HITS, LISTS, Quality, QualityFigures, WithQuality
@@ -49,9 +50,14 @@ def test_the_quality_check_fails_only_a_canary_worse_at_95_percent():
     assert CHECK.evaluate(Figures({}, "60s"), fig(1, 1)).status == INCONCLUSIVE
 
 
-def test_quality_settings():
-    assert Quality.from_env({}).event_log is None
-    q = Quality.from_env({"RELEASE_EVENT_LOG": "/tmp/events.log", "RELEASE_QUALITY_MIN_LISTS": "50"})
+def test_quality_settings(monkeypatch):
+    for name in ("RELEASE_EVENT_LOG", "RELEASE_QUALITY_MIN_LISTS", "RELEASE_QUALITY_CONFIDENCE"):
+        monkeypatch.delenv(name, raising=False)
+    default = Quality.from_settings(Release.from_env())
+    assert (default.event_log, default.min_lists, default.confidence) == (None, 200, 0.95)
+    monkeypatch.setenv("RELEASE_EVENT_LOG", "/tmp/events.log")
+    monkeypatch.setenv("RELEASE_QUALITY_MIN_LISTS", "50")
+    q = Quality.from_settings(Release.from_env())
     assert str(q.event_log) == "/tmp/events.log" and q.check().min_sample == 50
 
 

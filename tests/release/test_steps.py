@@ -77,16 +77,23 @@ def test_steps_parse_from_text_and_refuse_nonsense():
             parse_steps(bad)
 
 
-def test_progression_settings_have_documented_defaults_and_read_the_environment():
-    default = Progression.from_env({})
+def test_progression_settings_have_documented_defaults_and_read_the_environment(monkeypatch):
+    for name in ("RELEASE_STEPS", "RELEASE_INTERVAL_S", "RELEASE_FAILURE_LIMIT", "RELEASE_INCONCLUSIVE_LIMIT",
+                 "RELEASE_REQUIRE_APPROVAL"):
+        monkeypatch.delenv(name, raising=False)
+    default = Progression.from_settings(Release.from_env())
     assert [s.name for s in default.steps] == ["shadow", "5%", "20%", "50%"]
     assert (default.interval_s, default.failure_limit, default.inconclusive_limit) == (60.0, 2, 10)
-    given = Progression.from_env({"RELEASE_STEPS": "10,80", "RELEASE_INTERVAL_S": "2", "RELEASE_FAILURE_LIMIT": "3",
-                                  "RELEASE_INCONCLUSIVE_LIMIT": "4"})
-    assert ([s.share for s in given.steps], given.interval_s, given.failure_limit, given.inconclusive_limit) == (
-        [0.1, 0.8], 2.0, 3, 4)
+    assert default.require_approval is False
+    for name, value in {"RELEASE_STEPS": "10,80", "RELEASE_INTERVAL_S": "2", "RELEASE_FAILURE_LIMIT": "3",
+                        "RELEASE_INCONCLUSIVE_LIMIT": "4", "RELEASE_REQUIRE_APPROVAL": "1"}.items():
+        monkeypatch.setenv(name, value)
+    given = Progression.from_settings(Release.from_env())
+    assert ([s.share for s in given.steps], given.interval_s, given.failure_limit, given.inconclusive_limit,
+            given.require_approval) == ([0.1, 0.8], 2.0, 3, 4, True)
+    monkeypatch.setenv("RELEASE_FAILURE_LIMIT", "0")
     with pytest.raises(ValueError, match="progression"):
-        Progression.from_env({"RELEASE_FAILURE_LIMIT": "0"})
+        Progression.from_settings(Release.from_env())
 
 
 P = Progression(parse_steps("5,50"), interval_s=1, failure_limit=2, inconclusive_limit=3)
