@@ -21,10 +21,12 @@ What the release controller and alerts query (names and labels are a contract):
   ``traffic`` is ``live``, or ``shadow`` for the copies NGINX mirrors to the canary during a release's shadow
   step (their answers are discarded: alerts on what users see filter ``traffic="live"``);
 * ``recommend_cold_start_total{slot,version}``: answers that used the cold-start ranking;
-* ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dead_lettered`` | ``dropped``
-  (every row ends written, dead-lettered or dropped; ``spooled`` counts rows passing through the disk);
+* ``provenance_rows_total{slot,outcome}``, outcome ``written`` | ``spooled`` | ``dead_lettered`` | ``dropped`` |
+  ``adopted`` (every row ends written, dead-lettered or dropped; ``spooled`` counts rows passing through the disk,
+  ``adopted`` rows a live worker recovered from a killed worker's journal);
 * ``provenance_failures_total{slot,kind}``: one per failure of the writer (``app.provenance.FAILURE_KINDS``:
-  mysql, queue_full, spool_full, spool_write, spool_list, spool_file, dead_letter_write, writer);
+  mysql, queue_full, spool_full, spool_write, spool_list, spool_file, dead_letter_write, writer, journal (a row
+  could not be journalled), orphan_journal (a killed worker's journal was found and adopted));
 * gauges of the provenance writer: ``provenance_queue_rows`` (rows in memory, summed over live workers),
   ``provenance_spool_bytes``, ``provenance_spool_limit_bytes``, ``provenance_spool_oldest_age_seconds``
   (the slot's spool directory, max over live workers) and ``provenance_writer_heartbeat_timestamp_seconds``

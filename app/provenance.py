@@ -1,9 +1,10 @@
 """Provenance rows of served requests, written to MySQL in the background (design section 5).
 
 Every ``/recommend`` answer becomes one ``reccom`` row. :class:`ProvenanceWriter` keeps MySQL off
-the request path: :meth:`~ProvenanceWriter.submit` appends the row to an in-memory queue and returns
-(no I/O, no lock held for more than a flag check); a background thread writes the queue in batches
-(:func:`app.store.insert_reccom`) as the app account, which may only insert into ``reccom``.
+the request path: :meth:`~ProvenanceWriter.submit` appends the row to an in-memory queue and to its
+journal (one ``write()`` into the page cache, no fsync, no network) and returns; a background thread
+writes the queue in batches (:func:`app.store.insert_reccom`) as the app account, which may only
+insert into ``reccom``.
 
 When MySQL is down, slow or refuses us, a batch goes to an on-disk spool instead: JSON lines
 appended to one file per writer (``<spool_dir>/<time_ns>-<host>-<pid>-<tag>.jsonl``), each append
@@ -13,11 +14,12 @@ file of this writer is not yet replayed, new batches are appended to it rather t
 directly, so rows reach MySQL in the order they were submitted.
 
 Why this is crash-safe
-    A row is in exactly one of three places: the in-memory queue, a spool file on disk (fsync'd
-    before the batch counts as spooled), or MySQL. A spool file is deleted only after all its rows
-    were inserted. Replaying is idempotent: ``row_id`` (one per served answer) is UNIQUE and a
-    duplicate insert is a no-op, so a batch that reached MySQL but whose acknowledgement was lost (a
-    timeout, a crash between insert and delete) is simply ignored the second time - exactly once.
+    A row is in exactly one of three places: the in-memory queue (mirrored in this writer's journal,
+    below), a spool file on disk (fsync'd before the batch counts as spooled), or MySQL. A spool file is
+    deleted only after all its rows were inserted. Replaying is idempotent: ``row_id`` (one per served
+    answer) is UNIQUE and a duplicate insert is a no-op, so a batch that reached MySQL but whose
+    acknowledgement was lost (a timeout, a crash between insert and delete) is simply ignored the second
+    time - exactly once.
     Files left by a process that died are replayed by the next writer that starts (or scans, every
     ``scan_interval_s``) on the same spool directory. Each live writer holds an ``flock`` on its own
     file for as long as it exists, and a writer replays another's file only after taking that lock,
@@ -38,7 +40,8 @@ Why it cannot wedge
 Every row is counted exactly once as it ends (``on_event``)
     ``written`` (now in MySQL, replays included), ``dead_lettered`` (refused, kept with its reason) or
     ``dropped`` (could not be kept at all: queue full, spool full, disk failing, dead-letter unwritable).
-    ``spooled`` counts rows on their way through the disk; they end later as one of the three. On a
+    ``spooled`` counts rows on their way through the disk, ``adopted`` rows taken over from a dead
+    writer's journal (below); both end later as one of the three. On a
     failed append (full disk, file-size limit), the whole lines that reached the file count as spooled,
     the torn tail is cut off (``ftruncate``) and the rest count as dropped, so no row is counted dropped
     and then written. A replay interrupted by an outage resumes after the lines it finished, so a row is
@@ -51,13 +54,41 @@ The spool is bounded (``spool_max_bytes``)
     and grown by every append, so several workers sharing one directory overshoot by at most about a
     second of their appends.
 
+The journal: nothing lost when a worker is killed (issue 12)
+    A row waiting in memory would die with its process (SIGKILL, OOM killer, a worker past Gunicorn's
+    timeout). So :meth:`~ProvenanceWriter.submit` also appends the row's JSON line to this writer's
+    journal, ``<spool_dir>/journal-<time_ns>-<host>-<pid>-<tag>.journal`` (flock'ed while the writer
+    lives, like its spool file): one ``write()`` under the lock that orders the queue, so the journal
+    holds the queue's rows in queue order. No fsync: the journal guards against the death of the
+    process, whose written pages the kernel keeps and flushes; a power cut is the fsync'd spool's job
+    only. The file starts with a fixed-width header, ``movierec-journal done=<offset>``: the byte
+    offset up to which its rows have ended (written, spooled, dead-lettered or dropped). The writer
+    thread moves it (one ``pwrite``) right after a batch is inserted or fsync'd to the spool and
+    *before* it counts the batch. Once ``journal_max_bytes`` of its rows are done, the thread starts a
+    fresh file holding only the rows still queued and deletes the old one (never a truncate: that can
+    wait for the disk, under the lock requests take), so a journal stays about that size plus the
+    queue. A clean :meth:`~ProvenanceWriter.close` deletes it.
+
+    A journal nobody holds the lock of belongs to a dead process (the kernel drops an flock with its
+    last holder, so a recycled pid cannot fool it). Every writer, when it starts and at each scan,
+    adopts such files: it copies the rows past ``done`` into an ordinary spool file (fsync'd), deletes
+    the journal, and counts ``adopted`` (rows) and ``failure.orphan_journal`` (one per dead writer).
+    The usual replay then writes them, dead-lettering what is torn or bad, so they end ``written``
+    exactly once: the dead writer counted none of them, since it counts a batch only after moving
+    ``done`` past it.
+
 The bounded risk
-    Rows still in memory when the process is killed hard (SIGKILL, OOM, power loss) are lost: at
-    most the rows submitted during the last ``flush_interval_s`` plus one batch being written (or,
-    while MySQL stalls, up to ``connect_timeout_s`` more). A clean shutdown
-    (:meth:`~ProvenanceWriter.close`) loses nothing: it writes or spools everything. A process killed
-    mid-replay leaves its file to the next writer, which stores each row once but counts the rows the
-    dead one had already counted a second time.
+    Counts, not rows: a kill in the microseconds between a batch's INSERT returning and the journal's
+    ``pwrite`` makes the adopter write that batch again (INSERT IGNORE: stored once, counted written
+    twice); a kill between that ``pwrite`` and the count leaves it stored and uncounted. A writer killed
+    while adopting a journal (after the copy, before the delete) or while moving its own to a fresh file
+    (after the copy, before marking the old one done) has those rows copied again, with the same effect.
+    Rows are only lost when the journal cannot be written (its directory unwritable or full: counted
+    ``failure.journal``, the rows stay in memory as before the journal), when they were submitted before
+    :meth:`~ProvenanceWriter.start`, or on a power cut before the kernel flushed the journal. A clean
+    shutdown (:meth:`~ProvenanceWriter.close`) loses nothing: it writes or spools everything. A process
+    killed mid-replay leaves its file to the next writer, which stores each row once but counts the rows
+    the dead one had already counted a second time.
 
 Memory is bounded too: past ``spill_rows`` queued rows, the thread spills the queue to the spool
 rather than waiting for MySQL; past ``max_queue`` (the thread is dead or wedged) ``submit`` drops
@@ -79,6 +110,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -87,6 +119,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 from app import store
 from app.files import fsync_dir
@@ -101,7 +135,7 @@ MAX_LINE = 1 << 20  # a real row is < 70 KB (movies is a TEXT); a longer line is
 MAX_RAW_KEPT = 64 << 10  # bytes of an unreadable line kept in its dead-letter entry
 MEASURE_EVERY_S = 1.0
 
-ROW_OUTCOMES = ("written", "spooled", "dead_lettered", "dropped")
+ROW_OUTCOMES = ("written", "spooled", "dead_lettered", "dropped", "adopted")
 FAILURE_KINDS = (
     "mysql",  # a batch or a connection failed: rows go to the spool
     "queue_full",  # submit found max_queue rows waiting (thread dead or wedged): row dropped
@@ -111,10 +145,20 @@ FAILURE_KINDS = (
     "spool_file",  # a spool file could not be opened or read: moved to the dead-letter directory
     "dead_letter_write",  # the dead-letter directory could not take an entry: its rows dropped
     "writer",  # an unexpected exception in a writer step (a bug): logged, the thread goes on
+    "journal",  # the journal could not be created, written or adopted: rows kept in memory only, as before it
+    "orphan_journal",  # a dead writer's journal was found (worker SIGKILLed, OOM-killed): its rows adopted
 )
 GAUGES = ("queue_rows", "spool_bytes", "spool_limit_bytes", "spool_oldest_age_seconds", "heartbeat_seconds")
 
 EventHook = Callable[[str, float], None]
+
+JOURNAL_PREFIX = "journal-"
+JOURNAL_SUFFIX = ".journal"  # not SPOOL_SUFFIX: the spool listing, its size and its age never see a journal
+_HEADER = b"movierec-journal done=%016d\n"  # fixed width: rewritten in place by one pwrite
+HEADER_LEN = len(_HEADER % 0)
+_HEADER_RX = re.compile(rb"movierec-journal done=([0-9]{16})\n")
+JOURNAL_MAX_BYTES = 256 << 10  # ~800 rows: once this many bytes of rows are done, a fresh file takes the rest
+JOURNAL_RETRY_S = 10.0  # a journal that could not be created or written is tried again after this
 
 
 class _Outage(Exception):
@@ -128,6 +172,100 @@ class _SpoolFile:
         self.path = path
         self.fd = fd
         self.rows = 0
+
+
+class _Journal:
+    """One writer's write-ahead journal (module docstring): queued rows as JSON lines, after a header
+    holding the offset up to which they are done. Written without fsync on purpose: the page cache
+    outlives a killed process, and the journal is only there for a killed process.
+
+    ``append`` runs under the writer's submit lock, ``delivered`` in the writer thread, ``carry_to`` in
+    the writer thread under the submit lock. Nothing here truncates a file (a truncate can wait for
+    writeback on a busy disk, and the submit lock must never wait on the disk for long): done rows are
+    dropped by starting a fresh file. Every method raises ``OSError`` and leaves the file consistent:
+    whole lines, a header never past what it covers.
+    """
+
+    def __init__(self, path: Path, fd: int, end: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.end = end  # bytes in the file (header + lines)
+        self.done = HEADER_LEN  # bytes of the header and of the rows that have ended
+
+    @classmethod
+    def create(cls, directory: Path, tail: bytes = b"") -> _Journal:
+        """A new journal holding `tail` (undone lines carried over), published under its final name with its lock."""
+        directory.mkdir(parents=True, exist_ok=True)
+        name = (f"{JOURNAL_PREFIX}{time.time_ns():020d}-{socket.gethostname()}-{os.getpid()}-"
+                f"{uuid.uuid4().hex[:8]}{JOURNAL_SUFFIX}")
+        tmp = directory / f".{name}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, _HEADER % HEADER_LEN + tail)
+            os.rename(tmp, directory / name)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return cls(directory / name, fd, HEADER_LEN + len(tail))
+
+    def append(self, line: bytes) -> int:
+        """Add one line; returns its size. On a failed or short write the file is cut back to whole lines."""
+        try:
+            if os.write(self.fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write to the provenance journal")
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.end)
+                os.lseek(self.fd, self.end, os.SEEK_SET)
+            raise
+        self.end += len(line)
+        return len(line)
+
+    def delivered(self, nbytes: int) -> None:
+        """The next `nbytes` of rows have ended (written, spooled, dead-lettered, dropped): record it."""
+        self.done = min(self.end, self.done + nbytes)
+        os.pwrite(self.fd, _HEADER % self.done, 0)
+
+    def carry_to(self, fresh: _Journal) -> None:
+        """Copy the rows not done yet to `fresh`, then mark them all done here (the caller deletes this file)."""
+        undone = self.end - self.done
+        if undone > 0:
+            tail = os.pread(self.fd, undone, self.done)
+            if len(tail) != undone:
+                raise OSError(errno.EIO, "short read of the provenance journal")
+            fresh.append(tail)
+            self.delivered(undone)
+
+    def discard(self) -> None:
+        """Delete the file (every row in it has ended) and let it go."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self.release()
+
+    def release(self) -> None:
+        """Close and unlock, leaving the file for another writer to adopt."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _journal_line(row: Any) -> bytes | None:
+    """The row as one journal line; None when it cannot be encoded (it stays in memory and is judged there).
+
+    orjson, because this runs for every answer: about 25 times cheaper than ``json.dumps`` (0.6 µs
+    against 15 µs on the loaded 2-core machine). What orjson refuses (an int past 64 bits, a lone
+    surrogate) goes through ``json`` like the spool does; a NaN (never made by the server) becomes null.
+    """
+    try:
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+    except Exception:  # orjson.JSONEncodeError and whatever a strange value raises
+        pass
+    try:
+        return (json.dumps(row, separators=(",", ":")) + "\n").encode()
+    except Exception:  # not JSON-able, nested too deep, not encodable: kept in memory only, refused on delivery
+        return None
 
 
 def _normalise(row: Any) -> tuple[dict[str, Any] | None, str]:
@@ -193,6 +331,7 @@ class ProvenanceWriter:
         max_queue: int | None = None,
         max_backoff_s: float = 10.0,
         scan_interval_s: float = 10.0,
+        journal_max_bytes: int = JOURNAL_MAX_BYTES,
     ) -> None:
         self.settings = settings
         self.on_event = on_event
@@ -207,8 +346,9 @@ class ProvenanceWriter:
         self.base_backoff_s = min(1.0, max(0.05, self.flush_s))
         self.max_backoff_s = max(self.base_backoff_s, max_backoff_s)
         self.scan_interval_s = scan_interval_s
+        self.journal_max_bytes = max(0, journal_max_bytes)
 
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[tuple[dict[str, Any], int]] = deque()  # (row, bytes of its journal line or 0)
         self._submit_lock = threading.Lock()
         self._spool_lock = threading.RLock()
         self._dead_lock = threading.Lock()
@@ -233,6 +373,11 @@ class ProvenanceWriter:
         self._list_error = ""  # the last listing failure, noted in the dead letters once until it clears
         self._progress: dict[tuple[int, int], int] = {}  # (dev, inode) -> lines of that file already done
         self._unmovable: set[Path] = set()  # bad spool files that could not be moved aside: skipped
+        self._journal: _Journal | None = None
+        self._journal_ok = False  # False: submit skips the journal until the thread retries it
+        self._journal_retry_at = 0.0
+        self._journal_frozen = False  # close() gave up on a wedged thread: the journal is left as it is
+        self._taken_bytes = 0  # journal bytes of the rows taken from the queue and not yet ended
 
     # ------------------------------------------------------------------------------ caller side
     def start(self) -> ProvenanceWriter:
@@ -240,25 +385,41 @@ class ProvenanceWriter:
         if not self.settings.enabled or self._thread is not None:
             return self
         self._emit("spool_limit_bytes", self.spool_max_bytes)
+        self._journal_open()
         self._thread = threading.Thread(target=self._run, name="provenance-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)  # an orderly interpreter exit drains like close() would
         return self
 
     def submit(self, row: dict[str, Any]) -> None:
-        """Queue one row for MySQL. Never blocks on I/O; never raises (a row it cannot keep is counted)."""
+        """Queue one row for MySQL. Never waits on MySQL or an fsync (one page-cache ``write()`` to the
+        journal, ~10 µs on a loaded machine); never raises (a row it cannot keep is counted)."""
         if not self.settings.enabled:
             return
+        line = _journal_line(row) if self._journal_ok else None  # encoded outside the lock
+        journal_error: OSError | None = None
         with self._submit_lock:
-            if not self._closed:
+            closed = self._closed
+            if not closed:
                 if len(self._queue) >= self.max_queue:
                     self._failure("queue_full")
                     self._emit("dropped", 1)
                     return
-                self._queue.append(row)
+                size = 0
+                if line is not None and self._journal is not None and self._journal_ok:
+                    try:
+                        size = self._journal.append(line)  # before the row can be taken: journal order = queue order
+                    except OSError as exc:
+                        self._journal_ok = False  # until the thread retries: one failure, not one per row
+                        self._journal_retry_at = time.monotonic() + JOURNAL_RETRY_S
+                        journal_error = exc
+                self._queue.append((row, size))
                 if len(self._queue) >= self.batch_size:
                     self._wake.set()
-                return
+        if journal_error is not None:
+            self._journal_failed("cannot append to the journal", journal_error)
+        if not closed:
+            return
         # After close() (process shutting down): keep the row on disk, unlocked, for the next writer to replay.
         good, why = _normalise(row)
         if good is None:
@@ -280,14 +441,26 @@ class ProvenanceWriter:
         if thread is not None:
             # Every MySQL call is bounded by the timeout, so the thread ends soon after the deadline.
             thread.join(timeout + 2 * self.timeout_s + 1.0)
+        wedged = thread is not None and thread.is_alive()
         with self._submit_lock:
             self._closed = True
+            self._journal_frozen = wedged  # its batch in flight precedes the leftovers: "done" cannot move
         leftovers = self._take(len(self._queue))
         if leftovers:
             self._spool(leftovers)
-        if thread is not None and thread.is_alive():
-            log.error("provenance writer did not stop in time; its batch in flight may be lost",
-                      extra=kv(timeout_s=timeout))
+        else:
+            self._journal_done()
+        if wedged:
+            log.error("provenance writer did not stop in time; its batch in flight stays in the journal for the "
+                      "next writer", extra=kv(timeout_s=timeout))
+        with self._submit_lock:
+            journal, self._journal = self._journal, None
+            self._journal_ok = False
+        if journal is not None:
+            if not wedged and journal.done >= journal.end:
+                journal.discard()  # every row ended: nothing to adopt
+            else:
+                journal.release()
         with self._spool_lock:
             self._release_own()
         with self._dead_lock:
@@ -350,8 +523,11 @@ class ProvenanceWriter:
             batch = self._take(self.batch_size)
             if batch:
                 self._deliver(batch)
+            else:
+                self._journal_done()  # all refused: dead-lettered by _take
         if self._stop.is_set() and self._own is not None and self._down_since is None:
             self._safe(self._recover)  # closing with rows just spilled to disk while MySQL is fine: write them now
+        self._journal_maintain()
 
     def _hurry(self) -> bool:
         """Shutting down with too little time left for one more MySQL round trip."""
@@ -362,9 +538,10 @@ class ProvenanceWriter:
         bad: list[dict[str, Any]] = []
         for _ in range(n):
             try:
-                row = self._queue.popleft()
+                row, size = self._queue.popleft()
             except IndexError:
                 break
+            self._taken_bytes += size
             good, why = _normalise(row)
             if good is None:
                 bad.append(_entry(why, "queue", row=row))
@@ -382,13 +559,17 @@ class ProvenanceWriter:
             self._spool(batch)
             return
         try:
-            self._write(batch, "queue")
+            self._write(batch, "queue", on_stored=self._journal_done)
         except _Outage as exc:
             self._enter_outage(exc)
             self._spool(batch)
 
-    def _write(self, batch: list[dict[str, Any]], source: str, lines: list[int] | None = None) -> int:
-        """Insert a batch and count every row: written, or dead-lettered with the reason. Raises only _Outage."""
+    def _write(self, batch: list[dict[str, Any]], source: str, lines: list[int] | None = None,
+               on_stored: Callable[[], None] | None = None) -> int:
+        """Insert a batch and count every row: written, or dead-lettered with the reason. Raises only _Outage.
+
+        `on_stored` runs once MySQL has the rows and before they are counted (the journal's mark).
+        """
         try:
             refused = self._insert(batch)
         except _Outage:
@@ -397,6 +578,8 @@ class ProvenanceWriter:
             log.exception("provenance batch failed unexpectedly")
             self._failure("writer")
             refused = [(i, f"insert failed: {_short(exc)}") for i in range(len(batch))]
+        if on_stored is not None:
+            on_stored()
         if refused:
             log.warning("provenance rows refused by MySQL", extra=kv(rows=len(refused), reason=refused[0][1]))
             self._dead_letter([_entry(why, source, line=lines[i] if lines else None, row=batch[i])
@@ -446,8 +629,10 @@ class ProvenanceWriter:
         self._retry_at = now + self._backoff * random.uniform(0.8, 1.2)
 
     def _recover(self) -> None:
-        """Connect and replay every claimable spool file, oldest first; on an outage, back off."""
+        """Adopt dead writers' journals, then connect and replay every claimable spool file, oldest first;
+        on an outage, back off."""
         now = time.monotonic()
+        self._adopt_journals()
         files = self._spool_files()
         self._next_scan = now + self.scan_interval_s
         if not files and self._down_since is None:
@@ -537,7 +722,11 @@ class ProvenanceWriter:
         return _SpoolFile(path, fd)
 
     def _spool(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows to this writer's spool file and fsync; what cannot be kept is counted dropped."""
+        """Append rows to this writer's spool file and fsync; what cannot be kept is counted dropped.
+
+        Every row ends here (kept on disk or dropped), so the journal's mark moves past the rows taken,
+        after the fsync and before anything is counted.
+        """
         if not rows:
             return
         lines = [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows]
@@ -547,27 +736,27 @@ class ProvenanceWriter:
             while fit < len(lines) and used + len(lines[fit]) <= room:
                 used += len(lines[fit])
                 fit += 1
-            if fit < len(lines):
-                log.error("provenance rows dropped: the spool is full",
-                          extra=kv(rows=len(lines) - fit, spool_bytes=self._spool_bytes,
-                                   spool_max_bytes=self.spool_max_bytes, spool_dir=self.spool_dir))
-                self._failure("spool_full")
-                self._emit("dropped", len(lines) - fit)
-            if not fit:
-                return
             kept, kept_bytes, error = 0, 0, None
-            try:
-                if self._own is None:
-                    self._own = self._open_own()
-                kept, kept_bytes, error = _append_lines(self._own.fd, lines[:fit])
-            except OSError as exc:
-                error = exc
-            except Exception as exc:  # never let a spool problem escape into the writer loop
-                log.exception("provenance spool append failed unexpectedly")
-                error = OSError(errno.EIO, _short(exc))
-            if self._own is not None:
-                self._own.rows += kept
-            self._spool_bytes += kept_bytes
+            if fit:
+                try:
+                    if self._own is None:
+                        self._own = self._open_own()
+                    kept, kept_bytes, error = _append_lines(self._own.fd, lines[:fit])
+                except OSError as exc:
+                    error = exc
+                except Exception as exc:  # never let a spool problem escape into the writer loop
+                    log.exception("provenance spool append failed unexpectedly")
+                    error = OSError(errno.EIO, _short(exc))
+                if self._own is not None:
+                    self._own.rows += kept
+                self._spool_bytes += kept_bytes
+        self._journal_done()
+        if fit < len(lines):
+            log.error("provenance rows dropped: the spool is full",
+                      extra=kv(rows=len(lines) - fit, spool_bytes=self._spool_bytes,
+                               spool_max_bytes=self.spool_max_bytes, spool_dir=self.spool_dir))
+            self._failure("spool_full")
+            self._emit("dropped", len(lines) - fit)
         if error is not None:
             log.error("provenance rows dropped: cannot write the spool",
                       extra=kv(rows=fit - kept, kept=kept, spool_dir=self.spool_dir, error=error))
@@ -687,6 +876,140 @@ class ProvenanceWriter:
         log.error("provenance spool file set aside", extra=kv(file=path.name, reason=reason, moved_to=target))
         self._note(reason, path.name, moved_to=str(target) if target else None)
 
+    # -------------------------------------------------------------------------------- journal
+    def _journal_open(self) -> None:
+        """Create this writer's journal at start; on failure rows stay in memory only (the thread retries)."""
+        if not self.settings.journal:
+            return
+        try:
+            journal = _Journal.create(self.spool_dir)
+        except OSError as exc:
+            self._journal_retry_at = time.monotonic() + JOURNAL_RETRY_S
+            self._journal_failed("cannot create the journal", exc)
+            return
+        with self._submit_lock:
+            self._journal, self._journal_ok = journal, True
+
+    def _journal_failed(self, what: str, exc: OSError) -> None:
+        log.error(f"provenance: {what}; queued rows are kept in memory only until it works again",
+                  extra=kv(spool_dir=self.spool_dir, error=exc, retry_s=JOURNAL_RETRY_S))
+        self._failure("journal")
+
+    def _journal_done(self) -> None:
+        """The rows taken from the queue so far have ended: move the journal's mark past them."""
+        nbytes, self._taken_bytes = self._taken_bytes, 0
+        journal = self._journal
+        if nbytes and journal is not None and not self._journal_frozen:
+            try:
+                journal.delivered(nbytes)
+            except OSError as exc:  # the rows are fine; a kill now would only make the adopter count them again
+                self._journal_failed("cannot mark rows done in the journal", exc)
+
+    def _journal_maintain(self) -> None:
+        """Each cycle: once `journal_max_bytes` of its rows are done (or after a failure), move the rows not done
+        to a fresh journal and delete the old one, so the journal never grows past about that much plus the queue.
+
+        The fresh file is created and the old one deleted outside the submit lock; under it, only the undone
+        tail (the rows still queued, usually a few) is copied and the old header marked all done.
+        """
+        if not self.settings.journal or self._journal_frozen or self._closed:
+            return
+        journal = self._journal
+        if journal is None or not self._journal_ok:
+            if time.monotonic() < self._journal_retry_at:
+                return
+        elif journal.done - HEADER_LEN < self.journal_max_bytes:
+            return
+        try:
+            fresh = _Journal.create(self.spool_dir)
+        except OSError as exc:
+            self._journal_retry_at = time.monotonic() + JOURNAL_RETRY_S
+            self._journal_failed("cannot create the journal", exc)
+            return
+        error: OSError | None = None
+        with self._submit_lock:
+            if self._journal is not journal or self._closed:
+                old = fresh
+            else:
+                try:
+                    if journal is not None:
+                        journal.carry_to(fresh)
+                except OSError as exc:
+                    error, old = exc, fresh
+                    self._journal_ok = False
+                    self._journal_retry_at = time.monotonic() + JOURNAL_RETRY_S
+                else:
+                    self._journal, self._journal_ok, old = fresh, True, journal
+        if old is not None:
+            old.discard()
+        if error is not None:
+            self._journal_failed("cannot move the journal to a fresh file", error)
+
+    def _adopt_journals(self) -> None:
+        """Move the rows not yet done of every dead writer's journal into the spool (module docstring)."""
+        try:
+            names = sorted(n for n in os.listdir(self.spool_dir)
+                           if n.startswith(JOURNAL_PREFIX) and n.endswith(JOURNAL_SUFFIX))
+        except OSError:
+            return  # missing: nothing to adopt; unreadable: _spool_files reports it
+        journal = self._journal
+        own = journal.path.name if journal is not None else None
+        for name in names:
+            if name != own:
+                self._adopt(self.spool_dir / name)
+
+    def _adopt(self, path: Path) -> None:
+        try:
+            fh = _claim(path)  # None: its writer still holds it (alive), or it is gone
+        except OSError as exc:
+            self._journal_failed(f"cannot open the journal {path.name}", exc)
+            return
+        if fh is None:
+            return
+        try:
+            with fh:
+                rows, nbytes = self._adopt_rows(path, fh)
+        except OSError as exc:  # left in place, tried again at the next scan
+            self._journal_failed(f"cannot adopt the journal {path.name}", exc)
+            return
+        log.warning("provenance: adopted the journal of a dead writer (killed before it drained)",
+                    extra=kv(file=path.name, rows=rows, bytes=nbytes))
+        self._failure("orphan_journal")
+        self._emit("adopted", rows)
+
+    def _adopt_rows(self, path: Path, fh: IO[bytes]) -> tuple[int, int]:
+        """Copy the rows past the journal's done mark to a spool file (fsync'd), then delete the journal.
+
+        The spool file's name follows from the journal's (its mtime first, for the oldest-first replay), so
+        a writer killed between the copy and the delete leaves a file the next adopter recognises. Not held
+        to ``spool_max_bytes``: these rows were accepted before, and a journal is small (module docstring).
+        """
+        st = os.fstat(fh.fileno())
+        found = _HEADER_RX.fullmatch(fh.read(HEADER_LEN))
+        start = min(st.st_size, int(found[1])) if found else 0  # no header: replay it all (stored once)
+        core = path.name[len(JOURNAL_PREFIX):-len(JOURNAL_SUFFIX)]
+        target = self.spool_dir / f"{st.st_mtime_ns:020d}-{core}-journal{SPOOL_SUFFIX}"
+        rows = nbytes = 0
+        if st.st_size > start and not target.exists():
+            fh.seek(start)
+            tmp = self.spool_dir / f".{target.name}.tmp"
+            last = b"\n"
+            with open(tmp, "wb") as out:
+                while chunk := fh.read(1 << 20):
+                    out.write(chunk)
+                    rows += chunk.count(b"\n")
+                    nbytes += len(chunk)
+                    last = chunk[-1:]
+                out.flush()
+                os.fsync(out.fileno())
+            rows += last != b"\n"  # a torn last line is a row too: the replay dead-letters it
+            os.rename(tmp, target)
+        path.unlink()
+        fsync_dir(self.spool_dir)
+        with self._spool_lock:
+            self._spool_bytes += nbytes
+        return rows, nbytes
+
     # -------------------------------------------------------------------------------- dead letters
     def _dead_letter(self, entries: list[dict[str, Any]]) -> None:
         """Keep refused rows with their reason; what the directory cannot take is counted dropped."""
@@ -782,6 +1105,16 @@ def _read_lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes, str]]:
         line = chunk.strip()
         if line:
             yield number, line, ""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a regular file writes all or fails, but be sure)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        view = view[n:]
 
 
 def _append_lines(fd: int, lines: list[bytes]) -> tuple[int, int, OSError | None]:
