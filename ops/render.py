@@ -32,7 +32,7 @@ from typing import Any
 
 import jinja2
 
-from app.contracts import pointer
+from app.contracts import edgelog, pointer
 from app.contracts.topology import (
     Slot,
     Topology,
@@ -66,6 +66,7 @@ COMPOSE_FILES = {
 }
 COMPOSE_RUNTIME_CONFIGS = ("nginx", "prometheus", "alertmanager")
 RULES_FILE = ROOT / "monitoring" / "prometheus" / "rules.yml"
+MTAIL_PROGS = ROOT / "monitoring" / "mtail"  # mtail's programs: NGINX's access log as metrics (native stack)
 # The run directory inside the compose images (docker/*.Dockerfile: MOVIEREC_RUN_DIR); NGINX's upstream file
 # lives in <run>/nginx on a volume the release (scheduler) writes and NGINX reads, as natively.
 COMPOSE_RUN_DIR = Path("/srv/run")
@@ -73,6 +74,15 @@ COMPOSE_RUN_DIR = Path("/srv/run")
 COMPOSE_CONFIG_DIR = "/srv/config"
 HTPASSWD = "console.htpasswd"
 _SERVER = re.compile(r"^\s*server\s+(\S+)", re.M)
+# NGINX's last try of a request every server failed (nginx.conf.template, `@last_try`; issue 12): a fleet that
+# stalls (machine load) is waited for up to `read` instead of answering 502. Worst case of a request: the first
+# tries' 780 ms (380 ms retry window + 100 ms connect + 300 ms read) + connect + read of the last try.
+_LAST_TRY_CONNECT_MS, _LAST_TRY_READ_MS = 100, 1500
+LAST_TRY = {
+    "connect": f"{_LAST_TRY_CONNECT_MS}ms",
+    "read": f"{_LAST_TRY_READ_MS}ms",
+    "worst": f"{380 + 100 + 300 + _LAST_TRY_CONNECT_MS + _LAST_TRY_READ_MS} ms",
+}
 
 
 # ---------------------------------------------------------------------- Jinja2
@@ -101,6 +111,8 @@ def _jinja(percent_escaped: bool) -> jinja2.Environment:
         finalize=_percent if percent_escaped else None,
     )
     env.filters["quote"] = _quote
+    # Contracts every variant renders the same way, whatever context a caller (or a test) builds.
+    env.globals.update(edge_log_format=edgelog.nginx_log_format(), last_try=LAST_TRY)
     return env
 
 
@@ -154,6 +166,7 @@ def native_context(stack: Stack) -> dict[str, Any]:
             "nginx": binary("nginx"),
             "prometheus": binary("prometheus"),
             "alertmanager": binary("prometheus-alertmanager", "alertmanager"),
+            "mtail": binary("mtail"),
         },
         "nginx": {
             "user": "",
@@ -176,7 +189,9 @@ def native_context(stack: Stack) -> dict[str, Any]:
             "target": f"127.0.0.1:{stack.prometheus_port}",
             "rules_file": RULES_FILE,
             "online_eval_target": f"127.0.0.1:{stack.online_eval_port}" if stack.demo else "",
+            "mtail_target": f"127.0.0.1:{stack.mtail_port}",
         },
+        "mtail": {"port": stack.mtail_port, "progs": MTAIL_PROGS},
         "alertmanager": {
             "conf": stack.config_path("alertmanager"),
             "data": run_dir / "alertmanager" / "data",
@@ -218,7 +233,10 @@ def compose_context(
             "console_htpasswd": f"{COMPOSE_CONFIG_DIR}/{HTPASSWD}",
         },
         # online-eval shares Prometheus's network namespace (it listens on loopback only): compose.yml.template
-        "prometheus": {"target": "localhost:9090", "rules_file": "rules.yml", "online_eval_target": "localhost:9108"},
+        # No mtail in compose yet (NGINX logs to stdout there): the release's latency queries fall back to the
+        # servers' own histograms (auto_deployment/release/metrics.py).
+        "prometheus": {"target": "localhost:9090", "rules_file": "rules.yml", "online_eval_target": "localhost:9108",
+                       "mtail_target": ""},
         "alertmanager": {"target": "alertmanager:9093"},
         "notify": notify_context(notify, webhook),
     }

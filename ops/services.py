@@ -28,6 +28,7 @@ from pathlib import Path
 
 from app.contracts import pointer
 from app.contracts.topology import Topology, upstream_path
+from app.files import write_text_atomic
 from app.logs import kv
 from app.settings import ROOT, Monitoring, MySQL, Notify, Paths, Serving
 from auto_deployment.console.settings import DEFAULT_PORT as CONSOLE_DEFAULT_PORT
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 MARIADB_SCRIPT = ROOT / "ops" / "mariadb.sh"
 KAFKA_SCRIPT = ROOT / "ops" / "kafka.sh"
-DAEMONS = ("nginx", "prometheus", "alertmanager")  # the programs beside the inference slots
+DAEMONS = ("nginx", "mtail", "prometheus", "alertmanager")  # the programs beside the inference slots
 DEMO_PROGRAMS = ("simulator", "scheduler", "online_eval", "console")
 # Demo windows (environment overrides): short enough to watch the whole loop in a few minutes.
 # DEMO_MAX_ERROR_RATIO: a short demo window gives the canary tens of requests, too few to claim a 5xx ratio under
@@ -45,7 +46,10 @@ DEMO_DEFAULTS = {"DEMO_EVERY": "10m", "DEMO_COLLECT": "2m", "DEMO_OBSERVE": "60s
                  "DEMO_DURATION": "86400", "DEMO_MAX_ERROR_RATIO": "0.15",
                  # Likewise a few sessions a second cannot fill 5 % steps or 300-answer p99s in a short window: the
                  # demo releases through shadow then the card's 20 %, and compares p99s on tens of answers.
-                 "DEMO_RELEASE_STEPS": "shadow,20", "DEMO_P99_MIN_REQUESTS": "20"}
+                 "DEMO_RELEASE_STEPS": "shadow,20", "DEMO_P99_MIN_REQUESTS": "20",
+                 # DEMO_WORLD_DIR: a world written by `python -m simulator world --out DIR` (e.g. the real 1M users);
+                 # the demo's simulator plays its users (`simulator traffic --world-dir DIR`). Empty: the small default.
+                 "DEMO_WORLD_DIR": ""}
 
 
 class StackError(RuntimeError):
@@ -214,6 +218,26 @@ class Stack:
         return f"http://127.0.0.1:{self.nginx_status_port}/stub_status"
 
     @property
+    def mtail_port(self) -> int:
+        """mtail's loopback port (NGINX's access log as metrics): MTAIL_PORT, else a port found free when this run
+        directory first needed one and kept in ``<run>/mtail/port``, so stacks side by side never share one."""
+        if self.env.get("MTAIL_PORT"):
+            return int(self.env["MTAIL_PORT"])
+        kept = self.run_dir / "mtail" / "port"
+        with contextlib.suppress(OSError, ValueError):
+            return int(kept.read_text())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(kept, f"{port}\n")
+        return port
+
+    @property
+    def mtail_url(self) -> str:
+        return f"http://127.0.0.1:{self.mtail_port}"
+
+    @property
     def online_eval_port(self) -> int:
         return int(self.env.get("ONLINE_EVAL_PORT", "9105"))
 
@@ -260,6 +284,7 @@ def ports(stack: Stack) -> dict[str, int]:
         **stack.slot_ports,
         "nginx": stack.nginx_port,
         "nginx stub_status": stack.nginx_status_port,
+        "mtail": stack.mtail_port,
         "prometheus": stack.prometheus_port,
         "alertmanager": stack.alertmanager_port,
         **({"console": stack.console_port} if stack.demo else {}),
@@ -479,6 +504,7 @@ def readiness_checks(stack: Stack) -> list[Check]:
     checks = [Check(slot, lambda slot=slot: http_ok(f"{stack.slot_url(slot)}/ready")) for slot in slots]
     checks += [
         Check("nginx", lambda: http_ok(f"{stack.nginx_url}/health"), after=slots),
+        Check("mtail", lambda: http_ok(f"{stack.mtail_url}/metrics")),
         Check("prometheus", lambda: http_ok(f"{stack.prometheus_url}/-/ready")),
         Check("alertmanager", lambda: http_ok(f"{stack.alertmanager_url}/-/ready")),
         Check("prometheus sees all slots", lambda: prometheus_slots_up(stack) >= set(slots),

@@ -2,7 +2,7 @@
 # Install the Debian packages the platform runs on, when they are missing.
 # As root: apt-get update + install. Otherwise: say exactly what to install and fail.
 set -euo pipefail
-want=(mariadb-server mariadb-client nginx-light prometheus prometheus-alertmanager wrk chromium chromium-driver)
+want=(mariadb-server mariadb-client nginx-light prometheus prometheus-alertmanager wrk chromium chromium-driver mtail)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

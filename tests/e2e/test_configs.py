@@ -343,7 +343,7 @@ def test_supervisord_config_runs_every_program_with_its_own_port_and_log(native)
     parser = configparser.RawConfigParser()
     parser.read(native.supervisor_conf)
     programs = {s.split(":", 1)[1]: parser[s] for s in parser.sections() if s.startswith("program:")}
-    assert set(programs) == set(native.programs) == {*native.slots, "nginx", "prometheus", "alertmanager"}
+    assert set(programs) == set(native.programs) == {*native.slots, "nginx", "mtail", "prometheus", "alertmanager"}
     for slot in native.slots:
         environment = programs[slot]["environment"]
         assert f'MOVIEREC_SLOT="{slot}"' in environment
@@ -496,7 +496,7 @@ def test_a_fourth_slot_gets_its_supervisor_program_and_readiness_check(four):
     parser = configparser.RawConfigParser()
     parser.read(four.supervisor_conf)
     programs = {s.split(":", 1)[1] for s in parser.sections() if s.startswith("program:")}
-    assert programs == {"stable_1", "stable_2", "stable_3", "canary", "nginx", "prometheus", "alertmanager"}
+    assert programs == {"stable_1", "stable_2", "stable_3", "canary", "nginx", "mtail", "prometheus", "alertmanager"}
     assert 'MOVIEREC_PORT="15203"' in parser["program:stable_3"]["environment"]
     assert (four.run_dir / "spool" / "stable_3").is_dir() and (four.run_dir / "metrics" / "stable_3").is_dir()
     checks = {check.name: check.after for check in readiness_checks(four)}
