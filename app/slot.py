@@ -233,6 +233,8 @@ class ModelSlot:
         current = self._current
         self._current = loaded
         self.reason = ""
+        if self.on_swap is not None:  # before the log line: "swapped in" means its zero series exist too
+            self.on_swap(current, loaded)
         log.info(
             "model swapped in",
             extra=kv(
@@ -244,8 +246,6 @@ class ModelSlot:
                 load_s=round(loaded.load_seconds, 3),
             ),
         )
-        if self.on_swap is not None:
-            self.on_swap(current, loaded)
         self.sweep_copies()
 
     @property
