@@ -29,7 +29,9 @@ and `evaluation.{html,json}` (after evaluate); a run that makes a version copies
 `models/<version>/reports/`, so DVC versions them with the bundle. Their paths are in the run
 report's `reports`. A file lock (`<run>/pipeline.lock`) keeps one run at a time across processes; a second run exits
 with `EXIT_LOCKED` at once. On SIGTERM the current step finishes (collecting stops early) and
-the run is abandoned before the next one; the versioning step is never cut in half.
+the run is abandoned before the next one; the versioning step is never cut in half. A run killed
+outright (SIGKILL) in it leaves a journal: the next run undoes the half version first
+(`registry.repair_interrupted`).
 """
 
 from __future__ import annotations
@@ -57,7 +59,15 @@ from app.logs import kv
 from app.settings import MySQL, Notify
 from auto_deployment.data.checks import CheckLimits, run_checks
 from auto_deployment.data.ingest import ingest, make_source
-from auto_deployment.model.registry import DATA_FILES, Layout, create_version, latest_version, next_version
+from auto_deployment.model.registry import (
+    DATA_FILES,
+    Layout,
+    VersionError,
+    create_version,
+    latest_version,
+    next_version,
+    repair_interrupted,
+)
 from auto_deployment.monitor.drift import DriftLimits
 from auto_deployment.notices import Notifier, RunSummary, run_notice
 from auto_deployment.release.state import FAILED, PROMOTED, ReleaseResult
@@ -465,6 +475,11 @@ def run_pipeline(options: Options, *, stop: threading.Event | None = None, sourc
     """One run under `<run>/pipeline.lock`; raises `app.files.LockHeld` when another process runs the pipeline."""
     assert options.layout is not None, "Options.from_args (or the caller) gives the layout"
     with exclusive_lock(options.layout.run_dir / LOCK_NAME, f"pid={os.getpid()}"):
+        if options.mysql is not None:  # a run killed in its version step: before numbers and "no new data"
+            try:
+                repair_interrupted(options.layout, options.mysql)
+            except (VersionError, OSError, ValueError) as exc:  # the version step tries again, and fails if it must
+                log.error("interrupted version not repaired yet", extra=kv(error=exc))
         return _Run(options, stop or threading.Event(), source).execute()
 
 

@@ -20,9 +20,24 @@ is healthy again, stops the load and waits for provenance to settle. One row per
   provenance counters of the slots (`provenance_rows_total` outcomes other than written,
   `provenance_failures_total`) that moved.
 
+Three faults hit the release and the pipeline rather than serving (the load still runs, and the
+columns above are measured as for the others); each says in an "outcome" line what happened to its part,
+and its "recover s" is its own (said in that line):
+
+* prometheus-release: ``python -m auto_deployment release`` of a healthy candidate (the stable bundle
+  copied as the next version) on short windows; Prometheus stopped once it observes the canary; the
+  release must end without promoting (inconclusive, held, aborted at the limit); Prometheus started again.
+* kafka-collect: the stack's own broker (``ops/kafka.sh``, free ports), the simulator's Kafka sink
+  publishing distinct lines, a collection (``python -m auto_deployment ingest --source kafka``, the
+  pipeline's collect step) running; the broker stopped for the hold, started again; lines acknowledged
+  by the broker are compared with the lines in the event store's committed files.
+* kill-pipeline: ``python -m auto_deployment run`` in a throwaway repository (git, DVC, the stack's
+  MariaDB) SIGKILLed once its bundle is in models/; then the next run: no half version may remain.
+
 Quick mode (``python -m bench faults --quick`` or ``BENCH_FAULT_QUICK=1``) holds each lasting fault
 ``BENCH_FAULT_HOLD_QUICK`` s (default 8) instead of ``BENCH_FAULT_HOLD`` (default 60) and shortens the
-steady phases; ``BENCH_FAULTS=kill-worker,nginx-reload`` runs only the named faults; ``BENCH_FAULT_DUMP=dir``
+steady phases; ``BENCH_FAULTS=kill-worker,nginx-reload`` (or ``--only kill-worker,nginx-reload``) runs only
+the named faults; ``BENCH_FAULT_DUMP=dir``
 keeps every request (time from injection, status, latency, user) and the stack's logs per fault;
 ``BENCH_FAULT_JSON=file`` also writes the rows as JSON. Alerts have
 ``for:`` windows of minutes, so quick mode mostly shows them pending, if at all; the counters move.
@@ -58,7 +73,16 @@ from app.contracts.topology import Topology
 from app.files import write_json_atomic
 from app.settings import ROOT, MySQL
 from bench.table import render
-from ops.services import Stack, environment, mariadb, program_pids, supervisord_pid
+from ops.services import (
+    Stack,
+    environment,
+    kafka,
+    mariadb,
+    program_pids,
+    prometheus_slots_up,
+    supervisorctl,
+    supervisord_pid,
+)
 from simulator.load import CLIENT_TIMEOUT_S
 from tests.fixtures.ports import free_ports
 
@@ -84,7 +108,10 @@ class Plan:
     def from_args(cls, argv: Sequence[str] = ()) -> Plan:
         quick = "--quick" in argv or os.environ.get("BENCH_FAULT_QUICK", "") not in ("", "0")
         hold = float(os.environ.get("BENCH_FAULT_HOLD_QUICK" if quick else "BENCH_FAULT_HOLD", "8" if quick else "60"))
-        only = tuple(n for n in os.environ.get("BENCH_FAULTS", "").split(",") if n)
+        names = os.environ.get("BENCH_FAULTS", "")
+        if "--only" in argv and argv.index("--only") + 1 < len(argv):  # --only NAME[,NAME]: wins over BENCH_FAULTS
+            names = argv[argv.index("--only") + 1]
+        only = tuple(n for n in names.split(",") if n)
         return cls(
             rate=float(os.environ.get("BENCH_FAULT_RATE", "100")),
             hold_s=hold,
@@ -234,6 +261,288 @@ def restore_pointer(ctx: Ctx) -> None:
     pointer.write_number(ctx.stack.pointer(slot), version)
 
 
+# ------------------------------------------------ faults of the release and the pipeline (issue 12, second part)
+# Each puts what the fault did to its own part in ctx.state["outcome"], and, where "recover s" means something
+# else than the serving stack's health, its own figure in ctx.state["recover_s"] (said in the outcome).
+RELEASE_ENV = {"RELEASE_STEPS": "shadow,50", "RELEASE_INTERVAL_S": "1", "RELEASE_INCONCLUSIVE_LIMIT": "10",
+               "RELEASE_MIN_REQUESTS": "20", "GIT_REMOTE": "", "SMTP_HOST": "", "SLACK_WEBHOOK_URL": ""}
+RELEASE_OBSERVE = "20s"  # two steps of 10 s: Prometheus is stopped in the first
+KAFKA_RATE = 200  # event lines/s published during the Kafka fault
+KAFKA_MOVIE = "bench+kafka+fault+2026"  # line n: user 1 + n % 1000, minute n // 1000: every line its own key
+
+
+def _wait(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.2) -> float | None:
+    """Seconds until `predicate()` held (None: it did not within `limit_s`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step_s)
+    return None
+
+
+def new_candidate(ctx: Ctx) -> None:
+    """A healthy candidate: the stable bundle copied as the next version (own metadata and checksums)."""
+    models = ctx.stack.models_dir
+    stable = pointer.read_number(ctx.stack.version_file) or pointer.read_number(ctx.stack.pointer(ctx.stable))
+    candidate = max(int(p.name) for p in models.iterdir() if p.name.isdigit()) + 1
+    shutil.copytree(models / str(stable), models / str(candidate))
+    meta = bundle.read_metadata(models / str(candidate))
+    write_json_atomic(models / str(candidate) / bundle.METADATA, {**meta, "version": candidate})
+    bundle.write_checksums(models / str(candidate), bundle.listed_files(models / str(candidate)))
+    ctx.state.update(candidate=candidate, stable=stable)
+
+
+def release_then_stop_prometheus(ctx: Ctx) -> str:
+    """`python -m auto_deployment release` of the candidate; Prometheus stopped once it observes the canary."""
+    from auto_deployment.release.state import OBSERVE, StateStore
+
+    stack, candidate = ctx.stack, ctx.state["candidate"]
+    env = {**stack.env, **RELEASE_ENV, "MOVIEREC_REPO_DIR": str(stack.run_dir.parent)}
+    out = stack.run_dir.parent / f"release-{candidate}"
+    ctx.state["files"] = files = (open(f"{out}.out", "w"), open(f"{out}.err", "w"))  # noqa: SIM115 (closed in heal)
+    ctx.state["release"] = proc = subprocess.Popen(
+        [sys.executable, "-m", "auto_deployment", "release", "--candidate", str(candidate), "--observe",
+         RELEASE_OBSERVE], cwd=ROOT, env=env, stdout=files[0], stderr=files[1])
+    store_ = StateStore(stack.run_dir)
+
+    def observing() -> bool:
+        state = store_.load()
+        return proc.poll() is not None or (state is not None and state.candidate == candidate
+                                           and state.state == OBSERVE)
+
+    waited = _wait(observing, 180)
+    if proc.poll() is not None or waited is None:
+        return f"release of v{candidate} never reached OBSERVE (exit {proc.poll()}); Prometheus left running"
+    stopped = supervisorctl(stack, "stop", "prometheus")
+    ctx.state["stopped"] = time.monotonic()
+    return (f"release of v{candidate} (steps {RELEASE_ENV['RELEASE_STEPS']}, window {RELEASE_OBSERVE}, checks every "
+            f"1 s, inconclusive limit {RELEASE_ENV['RELEASE_INCONCLUSIVE_LIMIT']}) in OBSERVE after {waited:.0f} s; "
+            f"Prometheus stopped (supervisorctl exit {stopped.returncode})")
+
+
+def finish_release_start_prometheus(ctx: Ctx) -> None:
+    """Wait for the release's own decision (Prometheus still down), then start Prometheus again."""
+    stack, proc = ctx.stack, ctx.state["release"]
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    decided_s = time.monotonic() - ctx.state.get("stopped", time.monotonic())
+    for f in ctx.state.pop("files"):
+        f.close()
+    out = stack.run_dir.parent / f"release-{ctx.state['candidate']}"
+    try:
+        report = json.loads(Path(f"{out}.out").read_text())
+    except ValueError:
+        report = {"outcome": "error", "reason": Path(f"{out}.err").read_text()[-300:]}
+    held = Path(f"{out}.err").read_text().count("step held (")
+    supervisorctl(stack, "start", "prometheus")
+    up = _wait(lambda: "canary" in prometheus_slots_up(stack), 120, 0.5)
+    ctx.state["recover_s"] = up if up is not None else float("nan")
+    serving = {slot: pointer.read_number(stack.pointer(slot)) for slot in stack.slots}
+    stable = pointer.read_number(stack.version_file)
+    promoted = report.get("outcome") == "promoted" or stable == ctx.state["candidate"]
+    ctx.state["outcome"] = (
+        f"{'PROMOTED' if promoted else 'not promoted'}: release {report.get('outcome')} (exit {code}) "
+        f"{decided_s:.0f} s after Prometheus stopped, step held {held} interval(s) first, "
+        f"\"{str(report.get('reason', ''))[:110]}\"; version.txt v{stable}, slots serve "
+        + ",".join(f"{k} v{v}" for k, v in sorted(serving.items()))
+        + "; recover s = from starting Prometheus again until it scraped the canary; alerts cannot be seen while "
+          "Prometheus is down (nothing else watches it)")
+
+
+def _pipeline_versions(repo: Path, models: Path, rows: set[int]) -> tuple[set[int], list[str]]:
+    """(versions of the repo, traces of versions that are not whole: bundle, .dvc, tracking row, commit)."""
+    bundles = {int(p.name) for p in models.glob("*") if p.name.isdigit()}
+    dvc_files = {int(p.name[:-4]) for p in models.glob("*.dvc")}
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    committed = {int(s.split()[2].rstrip(":")) for s in log.splitlines() if s.startswith("model version ")}
+    problems = []
+    for n in sorted(bundles | dvc_files | committed | rows):
+        have = {"bundle": n in bundles, ".dvc": n in dvc_files, "row": n in rows, "commit": n in committed}
+        if not all(have.values()):
+            problems.append(f"v{n} " + "/".join(k for k, v in have.items() if v) + " without "
+                            + "/".join(k for k, v in have.items() if not v))
+        elif bundle.problem(models / str(n)) is not None:
+            problems.append(f"v{n} bundle does not verify")
+    return bundles | committed | rows, problems
+
+
+def _new_rows(ctx: Ctx) -> set[int]:
+    return {int(r["version_number"]) for r in store.tracking_rows(ctx.mysql)} - ctx.state["rows_before"]
+
+
+def pipeline_repo(ctx: Ctx) -> None:
+    """A throwaway versioning repository (git, DVC, bare origin, an event log of new ratings); MySQL the stack's."""
+    from tests.fixtures.datasets import build_small_world
+    from tests.fixtures.mariadb import settings_env
+    from tests.fixtures.pipeline import build_pipeline_repo
+
+    where = ctx.stack.run_dir.parent / f"pipeline-{time.time_ns()}"
+    where.mkdir()
+    repo = build_pipeline_repo(where, build_small_world())
+    ctx.state.update(repo=repo, env={**repo.env, **settings_env(ctx.mysql)},
+                     rows_before={int(r["version_number"]) for r in store.tracking_rows(ctx.mysql)})
+
+
+def kill_pipeline_in_version_step(ctx: Ctx) -> str:
+    """`python -m auto_deployment run` SIGKILLed once its bundle is in models/: DVC, tracking, git still to come."""
+    repo = ctx.state["repo"]
+    proc = subprocess.Popen([sys.executable, "-m", "auto_deployment", "run", "--source", f"file:{repo.events_log}",
+                             "--no-release"], cwd=ROOT, env=ctx.state["env"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    started = time.monotonic()
+    seen = _wait(lambda: proc.poll() is not None or any(p.name.isdigit() for p in repo.models_dir.glob("*")),
+                 300, 0.005)
+    if proc.poll() is not None or seen is None:
+        proc.kill()
+        return f"the run ended (exit {proc.wait()}) before its version step: nothing killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, left = _pipeline_versions(repo.repo, repo.models_dir, _new_rows(ctx))
+    ctx.state["left"] = left
+    return (f"run SIGKILLed {time.monotonic() - started:.1f} s after its start, right after models/<n> appeared "
+            f"(version step: dvc add/push, tracking row, git commit/push still to come)")
+
+
+def next_pipeline_run(ctx: Ctx) -> None:
+    repo = ctx.state["repo"]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "auto_deployment", "run", "--source", "none", "--no-release"],
+                          cwd=ROOT, env=ctx.state["env"], capture_output=True, text=True, timeout=900)
+    ctx.state["recover_s"] = time.monotonic() - started
+    versions, problems = _pipeline_versions(repo.repo, repo.models_dir, _new_rows(ctx))
+    repaired = [line.split("done=", 1)[-1].split(" pid=")[0].strip('" ') for line in done.stderr.splitlines()
+                if "repaired an interrupted version" in line]
+    version_txt = pointer.read_number(repo.repo / "version.txt")
+    ctx.state["outcome"] = (
+        f"left by the kill: {'; '.join(ctx.state.get('left', [])) or 'nothing'}; next run exit {done.returncode}, "
+        f"repair: {repaired[0] if repaired else 'none'}; versions now {sorted(versions)}, half versions: "
+        f"{'; '.join(problems) or 'none'}; version.txt {version_txt} (never released); "
+        "recover s = the next run, start to end")
+
+
+def _kafka_collected(events_dir: Path) -> Counter:
+    """How many times each produced line (user, minute) is in the event store's committed watch files."""
+    from auto_deployment.data.ingest import committed_files
+
+    seen: Counter = Counter()
+    for _name, handle in committed_files(events_dir, "watch"):
+        with handle:
+            for line in handle.read().decode().splitlines()[1:]:
+                parts = line.split(",")
+                if len(parts) == 4 and parts[2] == KAFKA_MOVIE:
+                    seen[(int(parts[1]), int(parts[3]))] += 1
+    return seen
+
+
+class Producer:
+    """The simulator's Kafka sink publishing KAFKA_RATE distinct event lines/s until stopped."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from simulator.kafka_sink import KafkaSink
+
+        self.sink = KafkaSink(bootstrap, topic)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from datetime import UTC, datetime
+
+        from app.contracts.events import WatchEvent, format_line
+
+        n, start = 0, time.monotonic()
+        while not self._stop.is_set():
+            if n >= (time.monotonic() - start) * KAFKA_RATE:
+                time.sleep(0.01)
+                continue
+            self.sink.send(format_line(WatchEvent(datetime.now(UTC), 1 + n % 1000, KAFKA_MOVIE, n // 1000)))
+            n += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.sink.flush(120)
+
+
+def kafka_broker(ctx: Ctx) -> None:
+    """The stack's own broker (`ops/kafka.sh` under its run dir, free ports), up before the load starts."""
+    done = kafka(ctx.stack, "start")
+    if done.returncode != 0:
+        raise RuntimeError(f"Kafka did not start: {done.stdout}{done.stderr}")
+
+
+def stop_kafka_while_collecting(ctx: Ctx) -> str:
+    """A collection (`ingest --source kafka`, the pipeline's collect step) running; the broker stopped under it."""
+    stack = ctx.stack
+    bootstrap, topic = f"127.0.0.1:{stack.env['KAFKA_PORT']}", f"faults-{time.time_ns()}"
+    events = stack.run_dir.parent / topic
+    window = ctx.hold_s + 90  # ends well after the broker is back and the producer has stopped
+    ctx.state.update(events=events, window=window, producer=Producer(bootstrap, topic))
+    ctx.state["env"] = env = {**stack.env, "KAFKA_BOOTSTRAP": bootstrap, "KAFKA_TOPIC": topic, "KAFKA_GROUP": topic}
+    ctx.state["err"] = err = open(f"{events}.log", "w")  # noqa: SIM115 (closed in heal)
+    ctx.state["collector"] = subprocess.Popen(
+        [sys.executable, "-m", "auto_deployment", "ingest", "--source", "kafka", "--for", f"{window:.0f}s",
+         "--events-dir", str(events)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    flowing = _wait(lambda: sum(_kafka_collected(events).values()) > 0, 60, 0.5)
+    started = time.monotonic()
+    done = kafka(stack, "stop")
+    ctx.state["stopped_at"] = sum(_kafka_collected(events).values())
+    ctx.state["stop_began"] = started
+    return (f"collector (ingest --source kafka, window {window:.0f} s) storing events "
+            f"{'NOT YET' if flowing is None else f'after {flowing:.0f} s'}, {KAFKA_RATE} lines/s published; "
+            f"broker stopped (ops/kafka.sh stop, exit {done.returncode}, {time.monotonic() - started:.0f} s) with "
+            f"{ctx.state['stopped_at']} lines stored")
+
+
+def restart_kafka_and_count(ctx: Ctx) -> None:
+    stack, events = ctx.stack, ctx.state["events"]
+    starting = time.monotonic()
+    done = kafka(stack, "start")
+    down_s, start_s = time.monotonic() - ctx.state["stop_began"], time.monotonic() - starting
+    before = sum(_kafka_collected(events).values())
+    back = _wait(lambda: sum(_kafka_collected(events).values()) > before, 120, 0.2)
+    ctx.state["recover_s"] = back if back is not None else float("nan")
+    time.sleep(3)
+    producer = ctx.state["producer"]
+    undelivered = producer.stop()
+    sink = producer.sink
+    collector = ctx.state["collector"]
+    try:
+        out, _ = collector.communicate(timeout=ctx.state["window"] + 120)
+    except subprocess.TimeoutExpired:
+        collector.kill()
+        out, _ = collector.communicate()
+    ctx.state.pop("err").close()
+    seen = _kafka_collected(events)
+    logged = Path(f"{events}.log").read_text()
+    waits = logged.count("kafka broker unreachable, waiting")
+    again = [line.split("waited_s=")[-1].split()[0] for line in logged.splitlines() if "reachable again" in line]
+    lost = sink.delivered - len(seen)
+    later = ""
+    if lost > 0:  # not collected in this window: still in the topic for the next collection, or lost?
+        second = subprocess.run([sys.executable, "-m", "auto_deployment", "ingest", "--source", "kafka", "--for", "20s",
+                                "--events-dir", str(events)], cwd=ROOT, env=ctx.state["env"],
+                               capture_output=True, text=True, timeout=300)
+        seen = _kafka_collected(events)
+        later = f" (a second collection, exit {second.returncode}, then found {sink.delivered - len(seen)} missing)"
+    again_s = ",".join(again) or "never"
+    ctx.state["outcome"] = (
+        f"collection {'completed' if collector.returncode == 0 else 'FAILED'} (exit {collector.returncode}); "
+        f"broker away {down_s:.0f} s (ops/kafka.sh start exit {done.returncode}, {start_s:.0f} s of it); "
+        f"published {sink.sent}, acknowledged {sink.delivered}, failed "
+        f"{sink.failed}, undelivered {undelivered}; collected {sum(seen.values())} lines = {len(seen)} distinct: "
+        f"not collected in the window {max(lost, 0)}{later}, duplicated {sum(seen.values()) - len(seen)} "
+        "(each line is its own (user, minute) key; counted in the committed watch files of the event store); "
+        "operator sees: "
+        f"'kafka broker unreachable, waiting' x{waits}, 'kafka broker reachable again' waited_s={again_s}, "
+        f"ingest report {'printed' if out.strip() else 'missing'}; recover s = broker start until the collector "
+        "stored events again")
+
+
 @dataclass(frozen=True)
 class Fault:
     """One row of the matrix: how to inject it, how to heal it (None: it heals itself), how long it lasts."""
@@ -244,6 +553,7 @@ class Fault:
     heal: Callable[[Ctx], None] | None = None
     lasting: bool = False  # held for the plan's hold_s before `heal`
     all_fresh: bool = False  # every request a fresh user, so rows lost compare one to one with rows dropped
+    setup: Callable[[Ctx], None] | None = None  # before the load starts (a bundle, a repository, a broker)
 
 
 FAULTS: tuple[Fault, ...] = (
@@ -257,6 +567,12 @@ FAULTS: tuple[Fault, ...] = (
     Fault("poison-line", "a poison line in a slot's spool", poison_spool),
     Fault("corrupt-bundle", "a corrupt bundle pointed to by the canary", corrupt_bundle, restore_pointer,
           lasting=True),
+    Fault("prometheus-release", "Prometheus stopped during a release", release_then_stop_prometheus,
+          finish_release_start_prometheus, setup=new_candidate),
+    Fault("kafka-collect", "Kafka broker stopped during a collection", stop_kafka_while_collecting,
+          restart_kafka_and_count, lasting=True, setup=kafka_broker),
+    Fault("kill-pipeline", "pipeline SIGKILLed in its version step", kill_pipeline_in_version_step,
+          next_pipeline_run, setup=pipeline_repo),
 )
 
 
@@ -434,6 +750,7 @@ class Row:
     recover_s: float
     seen: str
     load: float  # 1-minute load average of the machine at the end
+    outcome: str = "n/a"  # what the fault did to its own part (release, collection, pipeline); n/a for serving faults
 
 
 def provenance(mysql: MySQL, shots: list[Shot], since_ms: int, settle_s: float) -> tuple[int, int, int]:
@@ -471,6 +788,8 @@ def provenance(mysql: MySQL, shots: list[Shot], since_ms: int, settle_s: float) 
 def run_fault(ctx: Ctx, fault: Fault, index: int, plan: Plan) -> Row:
     stack = ctx.stack
     ctx.state.clear()
+    if fault.setup is not None:
+        fault.setup(ctx)
     since_ms = int(time.time() * 1000) - 1000
     before = counters(stack)
     load = Load(stack.nginx_url, plan.rate, FRESH_BASE + index * 10_000_000, fault.key, fault.all_fresh).start()
@@ -515,17 +834,19 @@ def run_fault(ctx: Ctx, fault: Fault, index: int, plan: Plan) -> Row:
              if not k.startswith(("rows written", "gauge")) and after[k] != before[k]}
     seen = [f"{name} ({state})" for name, state in sorted(alerts.seen.items())]
     seen += [f"{k} +{v:g}" for k, v in sorted(moved.items())]
+    recover_s = (recovered - ended) if recovered == recovered else float("nan")
     return Row(fault.title, detail, len(done), failed, sum(s.status != 200 for s in done) - failed, p99, lost, dup,
-               second, (recovered - ended) if recovered == recovered else float("nan"), "; ".join(seen) or "-",
-               os.getloadavg()[0])
+               second, float(ctx.state.get("recover_s", recover_s)), "; ".join(seen) or "-", os.getloadavg()[0],
+               ctx.state.get("outcome", "n/a"))
 
 
 # ---------------------------------------------------------------------- stack life cycle
 def stack_environ(base: Path) -> dict[str, str]:
     """A stack of its own under `base`, every port free now (as bench.server does)."""
     topology = Topology()
-    ports = free_ports(len(topology.slots) + 6)
+    ports = free_ports(len(topology.slots) + 8)
     slot_ports, ports = ports[: len(topology.slots)], ports[len(topology.slots):]
+    kafka_ports = ports[6:8]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MOVIEREC_", "PROMETHEUS_", "MYSQL_", "SLACK_", "SMTP_", "MAIL_", "ALERT_"))}
     env.update(
@@ -534,6 +855,7 @@ def stack_environ(base: Path) -> dict[str, str]:
         MOVIEREC_SLOT_PORTS=",".join(map(str, slot_ports)), NGINX_PORT=str(ports[0]),
         NGINX_STATUS_PORT=str(ports[1]), PROMETHEUS_PORT=str(ports[2]), ALERTMANAGER_PORT=str(ports[3]),
         MYSQL_PORT=str(ports[4]), ONLINE_EVAL_PORT=str(ports[5]),
+        KAFKA_PORT=str(kafka_ports[0]), KAFKA_CONTROLLER_PORT=str(kafka_ports[1]),  # the kafka-collect fault's broker
     )
     return env
 
@@ -569,7 +891,8 @@ def table(rows: list[Row], plan: Plan) -> str:
              "300 ms read timeout and both answered (both rows kept by design); recover s: from the fault's end "
              "until every slot is ready, MariaDB answers, every spool is empty and requests stop failing; load: "
              "1-min load average of the machine (2 cores) at the end.\n"
-             + "\n".join(f"  {r.title}: {r.detail}" for r in rows),
+             + "\n".join(f"  {r.title}: {r.detail}" + (f"\n    outcome: {r.outcome}" if r.outcome != "n/a" else "")
+                         for r in rows),
     )
 
 

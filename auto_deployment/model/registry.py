@@ -17,6 +17,11 @@ the DVC remote stay: they are content-addressed and harmless). MySQL down at the
 never reaches git; a failed commit or push deletes the row again. ``git push`` comes last because a
 pushed commit is the one thing that cannot be taken back.
 
+A process killed outright (SIGKILL, power loss) runs no undo, so before touching anything
+`create_version` saves every file it may change and writes a journal,
+`<run>/pipeline/version-in-progress.json`; the next run (`repair_interrupted`, at its start and again
+before versioning) finds it and keeps the version if its commit was made, else undoes the half of it.
+
 Numbers: ``next_version`` is one more than the largest number seen anywhere (`version.txt`,
 `models/<n>/`, `models/<n>.dvc`, tracking rows), so a number once used never means something else.
 
@@ -49,6 +54,7 @@ from app.contracts.bundle import CHECKSUMS
 from app.contracts.bundle import checksum as bundle_checksum
 from app.contracts.pointer import read_number
 from app.contracts.tables import FILES, REJECTED_COUNTS, data_checksum
+from app.files import write_json_atomic
 from app.logs import kv
 from app.settings import MySQL, Paths, Pipeline
 
@@ -58,6 +64,7 @@ DVC_REMOTE_NAME = "movierec"
 GIT_IDENTITY = ("movierec pipeline", "pipeline@movierec.local")
 COMMAND_TIMEOUT_S = 600.0
 DATA_FILES = (*FILES.values(), REJECTED_COUNTS)
+JOURNAL = "version-in-progress.json"  # under <run>/pipeline/: a version being made (see repair_interrupted)
 
 
 class VersionError(RuntimeError):
@@ -291,10 +298,11 @@ class _Undo:
 def _save_file(path: Path, backup_dir: Path) -> Callable[[], None]:
     """Copy `path` aside now; the returned action puts it back (or removes it if it did not exist)."""
     path = Path(path)
-    if path.exists():
-        backup_dir.mkdir(parents=True, exist_ok=True)
-        kept = backup_dir / (hashlib.sha1(str(path).encode()).hexdigest()[:12] + "-" + path.name)
-        shutil.copy2(path, kept)
+    kept = backup_dir / (hashlib.sha1(str(path).encode()).hexdigest()[:12] + "-" + path.name)
+    if path.exists() or kept.exists():
+        if not kept.exists():  # saved already (the journal saves first): the file has not changed since
+            backup_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, kept)
 
         def restore() -> None:
             tmp = path.with_name(f".{path.name}.restore")
@@ -362,6 +370,60 @@ def _record_tracking(mysql: MySQL, row: dict[str, Any]) -> Callable[[], None]:
     return lambda: store.delete_tracking(mysql, version)
 
 
+def _journal_path(layout: Layout) -> Path:
+    return layout.run_dir / "pipeline" / JOURNAL
+
+
+def _open_journal(layout: Layout, version: int, old_head: str | None, work_dir: Path, files: list[Path]) -> None:
+    """Save `files` aside (or note they are absent) and say so on disk, before any of them changes."""
+    backup = Path(work_dir) / "backup"
+    saved = {}
+    for path in dict.fromkeys(files):
+        _save_file(path, backup)
+        kept = backup / (hashlib.sha1(str(path).encode()).hexdigest()[:12] + "-" + path.name)
+        saved[str(path)] = str(kept) if kept.exists() else ""
+    write_json_atomic(_journal_path(layout), {"version": version, "old_head": old_head, "work_dir": str(work_dir),
+                                              "files": saved, "pid": os.getpid()})
+
+
+def repair_interrupted(layout: Layout, mysql: MySQL) -> str | None:
+    """Finish the business of a `create_version` that was killed: keep its version if committed, else undo it.
+
+    Returns what was done (None: nothing was interrupted). Raises VersionError if the undo fails (MySQL
+    down...): the journal stays, and the next run tries again.
+    """
+    path = _journal_path(layout)
+    if not path.is_file():
+        return None
+    journal = json.loads(path.read_text())
+    version, old_head = int(journal["version"]), journal.get("old_head")
+    made = git(layout, "log", "--format=%s", f"{old_head}..HEAD" if old_head else "HEAD").splitlines() \
+        if head_commit(layout) not in (None, old_head) else []
+    if any(s.startswith(f"model version {version}:") for s in made):
+        what = f"interrupted version {version} was committed: kept"
+    else:
+        for name, kept in journal["files"].items():
+            if not kept:
+                Path(name).unlink(missing_ok=True)  # it did not exist before the version
+            elif Path(kept).is_file():
+                _save_file(Path(name), Path(kept).parent)()  # the copy saved before the version: put back
+        shutil.rmtree(layout.bundle_dir(version), ignore_errors=True)
+        try:
+            store.delete_tracking(mysql, version)
+        except Exception as exc:  # any MySQL trouble: the row may still be there, try again next run
+            raise VersionError(f"interrupted version {version}: tracking row not removed: {exc}") from exc
+        staged = [rel for rel in git(layout, "diff", "--cached", "--name-only").splitlines()
+                  if rel == layout.rel(layout.dvc_file(layout.data_dir)) or rel.endswith(".gitignore")
+                  or rel.startswith((".dvc/", ".dvcignore", layout.rel(layout.models_dir) + "/"))]
+        if staged:
+            _unstage(layout, old_head, staged)
+        what = f"interrupted version {version} undone: bundle, .dvc files, data/ tables, tracking row, git index"
+    path.unlink()
+    shutil.rmtree(journal["work_dir"], ignore_errors=True)
+    log.warning("repaired an interrupted version", extra=kv(version=version, done=what, pid=journal.get("pid")))
+    return what
+
+
 def create_version(
     layout: Layout,
     version: int,
@@ -388,12 +450,20 @@ def create_version(
         timings[name] = time.perf_counter() - started
         log.info("version step done", extra=kv(version=version, step=name, seconds=round(timings[name], 3)))
 
+    journal_open = False
     try:
         t0 = time.perf_counter()
         ensure_repo(layout)
+        repair_interrupted(layout, mysql)
         remote, remote_url = ensure_remote(layout)
         if bundle.exists() or bundle_dvc.exists():
             raise VersionError(f"version {version} already exists in {layout.models_dir}")
+        journal_open = True
+        _open_journal(layout, version, old_head, work_dir,
+                      [*(layout.data_dir / n for n in DATA_FILES if (Path(staged_data) / n).exists()), data_dvc,
+                       bundle_dvc, layout.root / ".gitignore", layout.data_dir.parent / ".gitignore",
+                       bundle.parent / ".gitignore", layout.root / ".dvc" / "config",
+                       layout.root / ".dvc" / ".gitignore", layout.root / ".dvcignore"])
         timed("setup", t0)
 
         t0 = time.perf_counter()
@@ -449,7 +519,10 @@ def create_version(
         problems = undo.run()
         if problems:
             raise VersionError(f"{exc}; and rolling back failed: {'; '.join(problems)}") from exc
+        if journal_open:  # undone in this process: nothing left for the next run to repair
+            _journal_path(layout).unlink(missing_ok=True)
         raise
+    _journal_path(layout).unlink(missing_ok=True)
     log.info("version created", extra=kv(version=version, commit=commit[:12], data=checksum[:12], rmse=rmse,
                                           remote=remote_url, pushed=pushed))
     return VersionResult(version, checksum, model_sum, commit, remote_url, pushed, timings)
