@@ -188,6 +188,10 @@ class IngestReport:
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     complete: bool = False
+    # Times the source (Kafka) was unreachable during the run and for how long in all: an outage the
+    # collection waited out is not an error, but the operator should see it in the run report.
+    source_outages: int = 0
+    source_outage_s: float = 0.0
 
     @property
     def lines_per_s(self) -> float:
@@ -336,6 +340,7 @@ def ingest(source: LineSource, events_dir: Path, *, batch_id: str | None = None,
         batch_id=batch.id, source=source.name, events_dir=str(events_dir), lines=batch.lines,
         events=dict(sorted(events.items())), rejected=dict(sorted(rejected.items())),
         files=sorted(batch.committed), seconds=time.monotonic() - started, complete=complete,
+        source_outages=int(getattr(source, "outages", 0)), source_outage_s=round(getattr(source, "outage_s", 0.0), 1),
     )
     log.info("ingest finished", extra=kv(
         batch=report.batch_id, lines=report.lines, lines_per_s=round(report.lines_per_s),

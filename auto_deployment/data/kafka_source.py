@@ -15,13 +15,12 @@ that the parser counts the line as bad instead of ingestion failing.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from app.logs import RepeatFilter, kv
 from app.settings import Kafka
@@ -89,6 +88,8 @@ class KafkaSource:
         self._stop = threading.Event()
         self._outage_since: float | None = None
         self._outage_logged = 0.0
+        self.outages = 0  # broker outages waited out (the ingest report carries both)
+        self.outage_s = 0.0  # seconds from the first error of an outage to the first line after it
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
             "group.id": self.group,
@@ -141,8 +142,10 @@ class KafkaSource:
                 self._on_error(failed)
             if batch:
                 if self._outage_since is not None:
-                    log.info("kafka broker reachable again", extra=kv(
-                        topic=self.topic, waited_s=round(time.monotonic() - self._outage_since, 1)))
+                    waited = time.monotonic() - self._outage_since
+                    self.outages += 1
+                    self.outage_s += waited
+                    log.info("kafka broker reachable again", extra=kv(topic=self.topic, waited_s=round(waited, 1)))
                     self._outage_since = None
                 backoff = 0.0
                 self._yielded.update(positions)

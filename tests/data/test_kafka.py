@@ -197,5 +197,7 @@ def test_consumer_waits_through_broker_restart_and_resumes(kafka_broker_factory,
     assert not errors, errors
     assert got == before + after
     assert any("unreachable" in record.getMessage() for record in caplog.records)
+    # the outage is counted for the run report: one, lasting at least the 4 s the broker was away
+    assert source.outages == 1 and source.outage_s >= 4.0, (source.outages, source.outage_s)
     # the offsets committed after the restart hold: the group has nothing more to read
     assert collect(KafkaSource(broker.bootstrap, topic, group, for_seconds=QUIET_WINDOW_S)) == []
