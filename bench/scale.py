@@ -13,6 +13,13 @@ Per size, fresh subprocesses (so each peak RSS, ``ru_maxrss``, is its own):
 The last rows are the growth exponents of train time and peak RSS against ratings (slope of log-log
 between consecutive sizes; 1 = linear). A separate table measures neighbour recall against the exact
 neighbours (``rater_cap=0, candidates=0``: every co-rater scored, cost ~ users²) on `RECALL_USERS` users.
+
+`python -m bench scale quality 20k 100k 1M` measures quality against the world's true tastes instead: per size a
+world from `simulator.world_scale` (~20 ratings per user), the model `Recommender.train` picks, and NDCG@20
+graded by true taste (`simulator.loop.true_ndcg`, gain ``2^(true-1) - 1``, rated and, for a minor, adult movies
+ineligible as the server excludes them) over `QUALITY_SAMPLE` random warm users, for the served lists, the
+popularity lists under the same rules, and up to `QUALITY_EXACT_MAX` users the exact neighbours (every co-rater
+scored, cost ~ users²) with the neighbour recall of the served fit against it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.table import render
 
@@ -36,6 +44,10 @@ log = logging.getLogger(__name__)
 
 SIZES = (10_000, 100_000, 300_000)
 RECALL_USERS = 20_000
+QUALITY_SIZES = (20_000, 100_000)
+QUALITY_SAMPLE = 2_000  # warm users whose lists are graded
+QUALITY_EXACT_MAX = 20_000  # the exact neighbours (~users² pairs) are measured up to this many users
+QUALITY_CHUNK = 250  # users whose true ratings of the whole catalogue are held at once (~50 MB)
 N_MOVIES = 27_000
 RATINGS_PER_USER = 20
 ALGORITHM = "user_knn_sparse"
@@ -108,10 +120,30 @@ def serve_one(bundle: str) -> dict[str, float]:
             "serve_rss_mb": rss_after_load}
 
 
+def neighbour_recall(exact: Any, approx: Any) -> dict[str, float]:
+    """Share of each user's exact neighbours (estimate: ``nb``; ranking: ``rank_nb_idx`` with weight > 0) that
+    `approx` keeps too, over all users; both fitted on the same frame (same inner ids). Models or fit fields."""
+    def get(f: Any, name: str) -> Any:
+        return f[name] if isinstance(f, dict) else getattr(f, name)
+
+    def overlap(a_sets: list[set[int]], b_sets: list[set[int]]) -> float:
+        total = sum(len(a) for a in a_sets)
+        return sum(len(a & b) for a, b in zip(a_sets, b_sets, strict=True)) / max(total, 1)
+
+    def est(f: Any) -> list[set[int]]:
+        nb = get(f, "nb")
+        return [set(nb.indices[nb.indptr[u]:nb.indptr[u + 1]].tolist()) for u in range(nb.shape[0])]
+
+    def rank(f: Any) -> list[set[int]]:
+        return [set(i[w > 0].tolist()) for i, w in zip(get(f, "rank_nb_idx"), get(f, "rank_nb_w"), strict=True)]
+
+    nb = get(exact, "nb")
+    return {"est_recall": overlap(est(exact), est(approx)), "rank_recall": overlap(rank(exact), rank(approx)),
+            "est_per_user": float(sum(nb.indptr[1:] - nb.indptr[:-1]) / max(nb.shape[0], 1))}
+
+
 def recall_one(n_users: int) -> dict[str, float]:
     """Neighbour recall of the default (capped) fit against the exact one, estimate and ranking neighbours."""
-    import numpy as np
-
     from app.recommender import fit_sparse_knn
     from app.recommender.sparse_knn import SparseUserKNN
 
@@ -122,21 +154,98 @@ def recall_one(n_users: int) -> dict[str, float]:
         started = time.perf_counter()
         out[name] = fit_sparse_knn.fit(frame, {**p, **extra})
         out[f"{name}_s"] = time.perf_counter() - started
-    ex, ap = out["exact"].fields, out["capped"].fields
-
-    def overlap(a_sets, b_sets) -> float:
-        total = sum(len(a) for a in a_sets)
-        return sum(len(a & b) for a, b in zip(a_sets, b_sets, strict=True)) / max(total, 1)
-
-    def est(nb):
-        return [set(nb.indices[nb.indptr[u]:nb.indptr[u + 1]].tolist()) for u in range(nb.shape[0])]
-
-    def rank(f):
-        return [set(i[w > 0].tolist()) for i, w in zip(f["rank_nb_idx"], f["rank_nb_w"], strict=True)]
-
     return {"users": n_users, "exact_s": out["exact_s"], "capped_s": out["capped_s"],
-            "est_recall": overlap(est(ex["nb"]), est(ap["nb"])), "rank_recall": overlap(rank(ex), rank(ap)),
-            "est_per_user": float(np.mean(np.diff(ex["nb"].indptr))), "peak_mb": _peak_mb()}
+            **neighbour_recall(out["exact"].fields, out["capped"].fields), "peak_mb": _peak_mb()}
+
+
+def _served(model: Any, world: Any, users: Any) -> Any:
+    """(users, 20) world movie rows, -1 padded: the list the server returns to each raw user id."""
+    import numpy as np
+
+    from app.recommender.base import LIST_WIDTH
+
+    out = np.full((len(users), LIST_WIDTH), -1, np.int64)
+    for row, user in enumerate(users.tolist()):
+        movies = model.recommend(int(user))
+        if movies:
+            out[row, : len(movies)] = world.movie_index(movies)
+    return out
+
+
+def quality_one(n_users: int, keep: str = "", exact: bool | None = None, **params: Any) -> dict[str, Any]:
+    """NDCG@20 by true taste of served, popularity and (small worlds) exact-neighbour lists on a generated world.
+
+    `keep`: a directory to leave the world (``world/``) and the served bundle (``bundle/``) in, for the serving
+    measurements; otherwise both go to a temporary directory that is removed. `params`: model parameters.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from app.contracts.tables import FILES
+    from app.model import Recommender
+    from app.recommender.base import LIST_WIDTH
+    from simulator.loop import true_ndcg
+    from simulator.world_scale import load_world, write_world
+
+    exact = n_users <= QUALITY_EXACT_MAX if exact is None else exact
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"quality-{n_users}-"))
+    try:
+        started = time.perf_counter()
+        write_world(work / "world", n_users, N_MOVIES, n_users * RATINGS_PER_USER, seed=0, progress=False)
+        gen_s = time.perf_counter() - started
+        world = load_world(work / "world")
+        ratings = pd.read_csv(work / "world" / FILES["ratings"], usecols=["user_id", "movie_id", "rating"],
+                              dtype={"movie_id": str})
+        started = time.perf_counter()
+        model = Recommender.train(ratings, world.users, world.movies, **params)
+        train_s = time.perf_counter() - started
+        train_rss = _peak_mb()
+        if keep:
+            model.save(work / "bundle")
+
+        rng = np.random.default_rng(7)
+        sample = np.array([u for u in rng.permutation(model.user_ids)[: 4 * QUALITY_SAMPLE].tolist()
+                           if not model.is_cold(u)][:QUALITY_SAMPLE], np.int64)
+        rows = world.user_index(sample)
+        n_movies = len(world.movies)
+        mine = ratings[ratings["user_id"].isin(sample)]
+        blocked = np.zeros((len(sample), n_movies), bool)
+        blocked[pd.Index(sample).get_indexer(mine["user_id"]), world.movie_index(mine["movie_id"].to_numpy())] = True
+        minor = ~(world.users["age"].to_numpy()[rows] >= 18)  # the server's rule: unknown age counts as a minor
+        blocked |= minor[:, None] & world.movies["adult"].to_numpy(bool)[None, :]
+
+        # popularity under the same rules: most-rated first (ties: catalogue order), nothing blocked
+        rated_n = ratings["movie_id"].value_counts()
+        counts = np.zeros(n_movies, np.int64)
+        counts[world.movie_index(rated_n.index.to_numpy())] = rated_n.to_numpy()
+        order = np.lexsort((np.arange(n_movies), -counts))
+        lists = {"ours": _served(model, world, sample),
+                 "popularity": np.stack([order[~b[order]][:LIST_WIDTH] for b in blocked])}
+        out: dict[str, Any] = {"users": len(model.user_ids), "ratings": len(ratings), "algorithm": model.algorithm,
+                               "gen_s": gen_s, "train_s": train_s, "rss_mb": train_rss, "sample": len(sample)}
+        if exact:
+            started = time.perf_counter()
+            ref = Recommender.train(ratings, world.users, world.movies, algorithm="user_knn_sparse",
+                                    materialise=False, **{**params, "rater_cap": 0, "candidates": 0})
+            out["exact_s"] = time.perf_counter() - started
+            lists["exact"] = _served(ref, world, sample)
+            if model.algorithm == "user_knn_sparse":
+                out.update(neighbour_recall(ref, model))
+            del ref
+        sums = dict.fromkeys(lists, 0.0)
+        for lo in range(0, len(sample), QUALITY_CHUNK):
+            r = rows[lo:lo + QUALITY_CHUNK]
+            true = world.true_ratings_at(np.repeat(r, n_movies), np.tile(np.arange(n_movies), len(r)))
+            true = true.reshape(len(r), n_movies)
+            for name, made in lists.items():  # every user has an eligible movie of gain > 0: none is dropped
+                sums[name] += true_ndcg(made[lo:lo + QUALITY_CHUNK], true, ~blocked[lo:lo + QUALITY_CHUNK]) * len(r)
+        out.update({f"ndcg_{name}": total / len(sample) for name, total in sums.items()})
+        out["peak_mb"] = _peak_mb()
+        out["loadavg"] = Path("/proc/loadavg").read_text().split()[0]  # the machine is shared: say how busy
+        return out
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _sub(*args: str) -> dict[str, float]:
@@ -155,7 +264,40 @@ def _slope(a: float, b: float, x: float, y: float) -> float:
     return math.log(b / a) / math.log(y / x) if a > 0 and b > 0 and x > 0 and y > x else float("nan")
 
 
+def quality_table(sizes: list[int]) -> str:
+    """`quality_one` per size, each in a fresh process (one at a time: the 1M world needs ~8 GB)."""
+    rows = []
+    for n in sizes:
+        q = _sub("--quality", str(n))
+        print(f"[quality {n:,}: {json.dumps(q)}]", file=sys.stderr, flush=True)
+        rows.append(quality_row(q))
+    return render(
+        f"Quality against the world's true tastes: NDCG@20 over {QUALITY_SAMPLE:,} warm users",
+        QUALITY_HEADERS, rows, note=QUALITY_NOTE)
+
+
+QUALITY_HEADERS = ["users", "ratings", "served path", "NDCG@20 served", "NDCG@20 popularity", "served / popularity",
+                   "NDCG@20 exact neighbours", "estimate-neighbour recall", "ranking-neighbour recall",
+                   "world s", "train s", "exact train s", "peak RSS MB", "load avg"]
+QUALITY_NOTE = ("World: simulator.world_scale (27,000 movies, ~20 ratings per user, seed 0). Served: the model "
+                "Recommender.train picks by size, its top-20 (rated movies and, for minors, adult ones excluded). "
+                "Popularity: most-rated first under the same rules. Exact neighbours: user_knn_sparse with "
+                f"rater_cap=0, candidates=0 (every co-rater scored, cost ~ users²), up to {QUALITY_EXACT_MAX:,} "
+                "users; recall: the share of its neighbours the served fit keeps. NDCG graded by true taste "
+                "(gain 2^(true-1) - 1) against the best 20 eligible movies of the whole catalogue.")
+
+
+def quality_row(q: dict[str, Any]) -> list[object]:
+    nan = float("nan")
+    return [f"{int(q['users']):,}", f"{int(q['ratings']):,}", q["algorithm"], q["ndcg_ours"], q["ndcg_popularity"],
+            q["ndcg_ours"] / q["ndcg_popularity"], q.get("ndcg_exact", nan), q.get("est_recall", nan),
+            q.get("rank_recall", nan), q["gen_s"], q["train_s"], q.get("exact_s", nan), q["peak_mb"],
+            q.get("loadavg", "-")]
+
+
 def run(args: list[str] | tuple[str, ...] = ()) -> str:
+    if "quality" in args:
+        return quality_table([parse_size(a) for a in args if a != "quality"] or list(QUALITY_SIZES))
     sizes = [parse_size(a) for a in args if a != "recall"] or list(SIZES)
     rows, results = [], []
     warm = Path(tempfile.mkdtemp(prefix="scale-warm-"))
@@ -212,5 +354,10 @@ if __name__ == "__main__":
         print(json.dumps(serve_one(sys.argv[2])))
     elif sys.argv[1:2] == ["--recall"]:
         print(json.dumps(recall_one(int(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--quality"]:  # --quality N [--keep DIR] [name=value model parameters...]
+        rest = sys.argv[3:]
+        keep = rest[rest.index("--keep") + 1] if "--keep" in rest else ""
+        extra = {k: json.loads(v) for k, _, v in (a.partition("=") for a in rest if "=" in a)}
+        print(json.dumps(quality_one(parse_size(sys.argv[2]), keep, **extra)))
     else:
         print(run(sys.argv[1:]))
