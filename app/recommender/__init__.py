@@ -9,6 +9,7 @@
 ``sparse_knn``      `SparseUserKNN` (``user_knn_sparse``): the same estimate and score from per-user top-k
                     neighbours (memory n·k, no n × n array); `train` picks it above ``EXACT_MAX_USERS`` users
 ``fit_sparse_knn``  its training adapter (numpy/scipy, blockwise sparse co-rating products); training only
+``baselines``       bench/test only: ``bench_random`` and ``bench_popularity``, the bad models the release must catch
 ==================  ==================================================================================
 
 Adding an algorithm is one module: a dataclass subclass of `Recommender` decorated with
@@ -17,6 +18,7 @@ Adding an algorithm is one module: a dataclass subclass of `Recommender` decorat
 
 from __future__ import annotations
 
+from app.recommender import baselines  # noqa: F401  (registers the bench/test baselines, so their bundles load)
 from app.recommender.base import (
     ALGORITHMS,
     COLD,
