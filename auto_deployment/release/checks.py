@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scipy.stats import beta, norm
@@ -197,6 +197,14 @@ class ProportionCheck:
     and ties make its p-value an approximation too, with nothing gained for a yes/no outcome.) It fails when
     z > z(`confidence`) (1.645 at 95 %): the canary is worse with that confidence. Below `min_sample` lists
     on either side it is inconclusive, never a pass.
+
+    The test is repeated every interval on a growing sample, and each look is another chance to abort a canary as
+    good as stable (bench release: 3 of 10 equal canaries aborted at 95 % per look). `looks` is how many times a
+    release may run it (`Analysis.live_looks`); each look tests at 1 - (1 - confidence) / looks (Bonferroni), so
+    the chance that this check wrongly aborts a release stays within 1 - confidence. Conservative, since the looks
+    share most of their data; a sequential boundary would be sharper, Bonferroni is the one checkable by hand.
+    `live_only`: the canary serves no user in a shadow step, so it has no lists to judge there and the check
+    sits the step out instead of holding it.
     """
 
     name: str
@@ -205,6 +213,17 @@ class ProportionCheck:
     min_sample: int
     confidence: float = 0.95
     label: str = ""
+    looks: int = 1
+    live_only: bool = True
+
+    @property
+    def critical(self) -> float:
+        """The z a look must exceed to fail: the one-sided quantile at the per-look level."""
+        return float(norm.ppf(1.0 - (1.0 - self.confidence) / max(1, self.looks)))
+
+    def spread_over(self, looks: int) -> ProportionCheck:
+        """The same check with its error rate spread over `looks` looks."""
+        return replace(self, looks=max(1, int(looks)))
 
     def evaluate(self, canary: Figures, stable: Measurement | None) -> CheckResult:
         label = self.label or self.name
@@ -219,10 +238,10 @@ class ProportionCheck:
             return CheckResult(self.name, INCONCLUSIVE, rate_c, None,
                                f"too few lists for {label}: canary {n_c:.0f}, stable {n_s:.0f} < {self.min_sample}")
         z, se = worse_z(hits_c, n_c, hits_s, n_s)
-        critical = float(norm.ppf(self.confidence))
+        critical = self.critical
         rate_s = hits_s / n_s
         floor = rate_s - critical * se  # the lowest canary rate not significantly worse
-        level = f"{100 * self.confidence:g}%"
+        level = f"{100 * self.confidence:g}%" + (f" over {self.looks} looks" if self.looks > 1 else "")
         text = (f"{label} {rate_c:.3f} over {n_c:.0f} lists vs stable {rate_s:.3f} over {n_s:.0f} "
                 f"(one-sided z = {z:.2f}")
         if z > critical:

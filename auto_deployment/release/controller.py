@@ -50,6 +50,7 @@ unknown bundle, no stable version), 3 another release is running.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -135,6 +136,17 @@ class Analysis:
         """The analysis interval, never more than half a step, so a short window (the demo's 60 s over four
         steps) still judges each step at least twice."""
         return min(self.progression.interval_s, self.step_s / 2) if self.step_s > 0 else self.progression.interval_s
+
+    @property
+    def live_looks(self) -> int:
+        """How many times a check that only judges live steps runs in a release whose steps all take their least
+        time: the intervals of every step that is not shadow (what a repeated test's error is spread over)."""
+        live = sum(1 for step in self.progression.steps if not step.shadow)
+        return max(1, live * math.ceil(self.step_s / self.interval_s)) if self.interval_s > 0 else max(1, live)
+
+    def checks_for(self, step: Step) -> tuple[Check | ProportionCheck, ...]:
+        """The checks that judge `step`: in a shadow step no user sees the canary, so live-only checks sit out."""
+        return tuple(c for c in self.checks if not (step.shadow and getattr(c, "live_only", False)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"observe_s": self.observe_s, "step_s": self.step_s, "checks": [c.to_dict() for c in self.checks],
@@ -488,9 +500,10 @@ class Controller:
         canary = self.metrics.figures(CANARY, s.candidate, window, at)
         stable = self.metrics.figures(STABLE, s.previous, window, at)
         s.figures = {"canary": _measurement_dict(canary), "stable": _measurement_dict(stable)}
-        verdict = judge(self.analysis.checks, canary, stable)
+        checks = self.analysis.checks_for(step)
+        verdict = judge(checks, canary, stable)
         s.checks = [r.to_dict() for r in verdict.results]
-        s.decider = decider_of(self.analysis.checks, verdict, canary)
+        s.decider = decider_of(checks, verdict, canary)
         move = next_move(verdict.status, step_over=awaiting or elapsed >= self.analysis.step_s, failures=s.failures,
                          held=s.held, progression=progression, why=verdict.reason)
         s.failures, s.held = move.failures, move.held

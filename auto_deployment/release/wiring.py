@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from app.settings import Monitoring, MySQL, Notify, Paths, Pipeline, Release, Serving
 from auto_deployment.notices import Notifier
-from auto_deployment.release.checks import Tail, default_checks
+from auto_deployment.release.checks import ProportionCheck, Tail, default_checks
 from auto_deployment.release.controller import Analysis, Controller
 from auto_deployment.release.deploy import ComposeDeployer, NativeDeployer, StableVersion, slot_urls
 from auto_deployment.release.metrics import MetricsQuery, Prometheus
@@ -124,7 +124,7 @@ def build_controller(
                              settings.pipeline.git_remote),
         models_dir=paths.models_dir,
         run_dir=paths.run_dir,
-        analysis=Analysis(settings.release.observe_s, checks, settings.progression),
+        analysis=spread_checks(Analysis(settings.release.observe_s, checks, settings.progression)),
         notifier=Notifier(settings.notify) if notify else None,
         router=router or build_router(settings, runtime),
         stop=stop,
@@ -137,3 +137,10 @@ def release_version(candidate: int, settings: ReleaseSettings, *, notify: bool =
     controller = build_controller(settings, notify=notify, stop=stop, **wiring)
     with release_lock(settings.paths.run_dir, candidate):
         return controller.run(candidate)
+
+
+def spread_checks(analysis: Analysis) -> Analysis:
+    """The analysis with each repeated statistical check's error spread over the looks the release plans."""
+    looks = analysis.live_looks
+    checks = tuple(c.spread_over(looks) if isinstance(c, ProportionCheck) else c for c in analysis.checks)
+    return dataclasses.replace(analysis, checks=checks)
