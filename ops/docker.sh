@@ -241,6 +241,8 @@ kafka_context() {
 cmd_env() {
   local name
   for name in $(base_names); do echo "$(base_var "$name")=$BASE_PREFIX/$name:bookworm"; done
+  # images compose.yml builds from Debian itself (edge-metrics: Debian's mtail) start from the debootstrapped base
+  echo "DEBIAN_IMAGE=$DEBIAN_IMAGE"
 }
 
 requirements_hash() { cat "${REQUIREMENTS[@]}" | sha256sum | cut -c1-16; }

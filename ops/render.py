@@ -37,6 +37,8 @@ from app.contracts.topology import (
     Slot,
     Topology,
     loopback_address,
+    reload_applied_path,
+    reload_request_path,
     service_address,
     upstream_path,
     write_nginx_upstream,
@@ -72,6 +74,7 @@ MTAIL_PROGS = ROOT / "monitoring" / "mtail"  # mtail's programs: NGINX's access 
 COMPOSE_RUN_DIR = Path("/srv/run")
 # The config volume as NGINX mounts it, and the console's password file config-init writes there.
 COMPOSE_CONFIG_DIR = "/srv/config"
+COMPOSE_MTAIL_PORT = 3903  # mtail's default port, inside the private network (service edge-metrics)
 HTPASSWD = "console.htpasswd"
 _SERVER = re.compile(r"^\s*server\s+(\S+)", re.M)
 # NGINX's last try of a request every server failed (nginx.conf.template, `@last_try`; issue 12): a fleet that
@@ -175,6 +178,7 @@ def native_context(stack: Stack) -> dict[str, Any]:
             "pidfile": stack.nginx_pidfile,
             "error_log": stack.log_dir / "nginx.error.log",
             "access_log": stack.log_dir / "nginx.access.log",
+            "access_log_copy": "",
             "temp": run_dir / "nginx" / "tmp",
             "listen": f"127.0.0.1:{stack.nginx_port}",
             "status_listen": f"127.0.0.1:{stack.nginx_status_port}",
@@ -219,11 +223,16 @@ def compose_context(
         "topology": topology or Topology(),
         "address": service_address,
         "run_dir": COMPOSE_RUN_DIR,
+        "reload_request": reload_request_path(COMPOSE_RUN_DIR),  # docker/nginx-run.sh's handshake with the router
+        "reload_applied": reload_applied_path(COMPOSE_RUN_DIR),
+        "mtail_port": COMPOSE_MTAIL_PORT,
         "nginx": {
             "user": "",
             "pidfile": "/tmp/nginx.pid",
             "error_log": "stderr",
-            "access_log": "/dev/stdout",
+            # the edge log on the `edge_log` volume, read by edge-metrics (mtail); a copy on stdout for `logs`
+            "access_log": COMPOSE_RUN_DIR / "edge" / "access.log",
+            "access_log_copy": "/dev/stdout",
             "temp": "/tmp",  # exists in any image; nginx creates only the last level of a temp path
             "listen": "8082",
             "status_listen": "8083",
@@ -233,10 +242,8 @@ def compose_context(
             "console_htpasswd": f"{COMPOSE_CONFIG_DIR}/{HTPASSWD}",
         },
         # online-eval shares Prometheus's network namespace (it listens on loopback only): compose.yml.template
-        # No mtail in compose yet (NGINX logs to stdout there): the release's latency queries fall back to the
-        # servers' own histograms (auto_deployment/release/metrics.py).
         "prometheus": {"target": "localhost:9090", "rules_file": "rules.yml", "online_eval_target": "localhost:9108",
-                       "mtail_target": ""},
+                       "mtail_target": f"edge-metrics:{COMPOSE_MTAIL_PORT}"},
         "alertmanager": {"target": "alertmanager:9093"},
         "notify": notify_context(notify, webhook),
     }

@@ -168,6 +168,20 @@ def shadow_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "nginx" / "shadow.conf"
 
 
+def reload_request_path(run_dir: str | Path) -> Path:
+    """``<run>/nginx/reload.request``: where a router that cannot signal NGINX (compose: NGINX runs in its own
+    container) asks for a reload, by writing a new token after the upstream and shadow files. NGINX's
+    container (docker/nginx-run.sh) polls it, checks the configuration, reloads, and answers in
+    `reload_applied_path`."""
+    return Path(run_dir) / "nginx" / "reload.request"
+
+
+def reload_applied_path(run_dir: str | Path) -> Path:
+    """``<run>/nginx/reload.applied``: ``<token> ok`` once NGINX reloaded for that token's request, ``<token>
+    invalid`` when ``nginx -t`` refused the files (NGINX then keeps serving the previous configuration)."""
+    return Path(run_dir) / "nginx" / "reload.applied"
+
+
 # The mirror directive of the shadow step; nginx.conf's `/_shadow` location sends the copy to the canary
 # with ``X-Shadow: 1`` (the server then writes no provenance row and labels its metrics traffic="shadow").
 SHADOW_MIRROR = "mirror /_shadow;\n"

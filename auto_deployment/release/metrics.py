@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 # `{edge_ok}`: successful /recommend answers of the role's slots and version). It holds what the handler's own
 # histogram cannot see (Gunicorn's queue, the socket, NGINX) and none of the warm-up requests the deployer sends
 # to a slot directly. Live answers and, in a shadow step, the canary's mirrored copies (labelled traffic="shadow"
-# and only ever answered by the canary, so the stable side is live traffic alone). Where no mtail runs (compose,
-# for now) the NGINX series do not exist and `or` falls back to the servers' own histogram, same labels.
+# and only ever answered by the canary, so the stable side is live traffic alone). mtail runs natively (supervisor)
+# and in compose (service edge-metrics); where it does not (a stack without it, or mtail down) the NGINX series do
+# not exist and `or` falls back to the servers' own histogram, same labels.
 def _average(metric: str, ok: str) -> str:
     """Mean of the successful answers of a histogram over the window, in ms (a ratio of rates, not of lifetimes)."""
     return f"1000 * sum(rate({metric}_sum{{{{{ok}}}}}[{{window}}])) / sum(rate({metric}_count{{{{{ok}}}}}[{{window}}]))"

@@ -11,9 +11,18 @@ the canary and discards the canary's answers; any other step removes the file. A
 neither the weights nor the mirror rewrites nothing and reloads nothing, so putting the resting split
 back after a release costs no reload when nothing moved.
 
-The wiring picks `NginxRouter` natively when ``<run>/nginx/nginx.conf`` includes the upstream file, and
-`NullRouter` (which only logs) otherwise, e.g. in compose, where NGINX runs in its own container.
-Each progressive step of a release is one `set_canary_share` call from the controller.
+How NGINX is told to reload is the router's one collaborator that differs by runtime:
+
+* natively `SignalReload`: SIGHUP to the master named by ``<run>/nginx/nginx.pid``;
+* in compose `HandshakeReload`: NGINX runs in its own container, which no other container may signal, so the
+  router writes a fresh token to ``<run>/nginx/reload.request`` (on the ``upstream`` volume NGINX shares) and
+  waits for NGINX's container (docker/nginx-run.sh) to run ``nginx -t``, reload and echo the token into
+  ``reload.applied``: a step starts counting only once its weights serve, and a refused file is an error here,
+  not a silent no-op.
+
+The wiring picks `NginxRouter.native` when ``<run>/nginx/nginx.conf`` includes the upstream file,
+`NginxRouter.compose` in compose once the upstream volume is mounted, and `NullRouter` (which only logs)
+otherwise. Each progressive step of a release is one `set_canary_share` call from the controller.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +41,9 @@ from app.contracts.topology import (
     Slot,
     Topology,
     loopback_address,
+    reload_applied_path,
+    reload_request_path,
+    service_address,
     shadow_path,
     upstream_path,
     write_nginx_upstream,
@@ -61,15 +74,70 @@ class NullRouter:
         log.info("router: traffic left as configured", extra=kv(canary_share=float(share), shadow=shadow))
 
 
-class NginxRouter:
-    """Writes the upstream include and SIGHUPs the NGINX master named by its pid file."""
+class Reload(Protocol):
+    """Makes NGINX load its files again, gracefully (old workers finish their requests); returns what it did."""
 
-    def __init__(self, topology: Topology, upstream_file: Path, pid_file: Path,
+    def __call__(self) -> str:
+        ...
+
+
+class SignalReload:
+    """Natively: SIGHUP to the NGINX master named by its pid file."""
+
+    def __init__(self, pid_file: Path) -> None:
+        self.pid_file = Path(pid_file)
+
+    def __call__(self) -> str:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise RouteError(f"no NGINX master pid in {self.pid_file}: {exc}") from exc
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError as exc:
+            raise RouteError(f"NGINX master {pid} ({self.pid_file}) is not running") from exc
+        return f"SIGHUP to {pid}"
+
+
+class HandshakeReload:
+    """In compose: a token in the request file, answered by NGINX's container in the applied file."""
+
+    def __init__(self, request_file: Path, applied_file: Path, timeout_s: float = 15.0, poll_s: float = 0.05) -> None:
+        self.request_file = Path(request_file)
+        self.applied_file = Path(applied_file)
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+
+    def __call__(self) -> str:
+        token = f"{time.time_ns()}-{os.getpid()}"
+        write_text_atomic(self.request_file, token + "\n")
+        deadline = time.monotonic() + self.timeout_s
+        answer = ""
+        while time.monotonic() < deadline:
+            try:
+                answer = self.applied_file.read_text().strip()
+            except OSError:
+                answer = ""
+            if answer.split(" ")[0] == token:
+                if answer.endswith(" ok"):
+                    return f"reloaded by NGINX's container (token {token})"
+                raise RouteError(f"NGINX refused the new configuration (nginx -t: {answer.partition(' ')[2]}); "
+                                 "it keeps serving the previous one")
+            time.sleep(self.poll_s)
+        raise RouteError(f"NGINX did not confirm the reload within {self.timeout_s:g} s ({self.applied_file} says "
+                         f"{answer or 'nothing'!r}): is the nginx container running docker/nginx-run.sh?")
+
+
+class NginxRouter:
+    """Writes the upstream include (and the shadow file), then has NGINX reload gracefully."""
+
+    def __init__(self, topology: Topology, upstream_file: Path, reload: Reload | Path,
                  address: Callable[[Slot], str] = loopback_address, shadow_file: Path | None = None) -> None:
+        """`reload`: how NGINX learns of the files; a path is the native master's pid file (`SignalReload`)."""
         self.topology = topology
         self.upstream_file = Path(upstream_file)
         self.shadow_file = Path(shadow_file) if shadow_file else self.upstream_file.with_name("shadow.conf")
-        self.pid_file = Path(pid_file)
+        self.reload = SignalReload(reload) if isinstance(reload, (str, Path)) else reload
         self.address = address
 
     @classmethod
@@ -77,6 +145,13 @@ class NginxRouter:
         """The native stack's NGINX: ``<run>/nginx/upstream.conf`` and ``<run>/nginx/nginx.pid``."""
         return cls(topology, upstream_path(run_dir), Path(run_dir) / "nginx" / "nginx.pid",
                    shadow_file=shadow_path(run_dir))
+
+    @classmethod
+    def compose(cls, topology: Topology, run_dir: Path, timeout_s: float = 15.0) -> NginxRouter:
+        """Compose's NGINX: the same files on the ``upstream`` volume, reloaded by handshake."""
+        return cls(topology, upstream_path(run_dir),
+                   HandshakeReload(reload_request_path(run_dir), reload_applied_path(run_dir), timeout_s),
+                   address=service_address, shadow_file=shadow_path(run_dir))
 
     @classmethod
     def includes_upstream(cls, run_dir: Path) -> bool:
@@ -103,16 +178,6 @@ class NginxRouter:
             write_text_atomic(self.shadow_file, SHADOW_MIRROR)
         else:
             self.shadow_file.unlink(missing_ok=True)
-        pid = self._master_pid()
-        try:
-            os.kill(pid, signal.SIGHUP)
-        except ProcessLookupError as exc:
-            raise RouteError(f"NGINX master {pid} ({self.pid_file}) is not running") from exc
-        log.info("router: canary share set", extra=kv(canary_share=float(share), shadow=shadow, pid=pid,
+        how = self.reload()
+        log.info("router: canary share set", extra=kv(canary_share=float(share), shadow=shadow, reload=how,
                                                       weights=",".join(f"{s.name}={s.weight}" for s in weighted.slots)))
-
-    def _master_pid(self) -> int:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise RouteError(f"no NGINX master pid in {self.pid_file}: {exc}") from exc

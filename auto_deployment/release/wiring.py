@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from app.contracts.topology import upstream_path
 from app.settings import Monitoring, MySQL, Notify, Paths, Pipeline, Release, Serving
 from auto_deployment.notices import Notifier
 from auto_deployment.release.checks import ProportionCheck, Tail, default_checks
@@ -85,10 +86,14 @@ def build_deployer(
 
 
 def build_router(settings: ReleaseSettings, runtime: str | None = None) -> Router:
-    """NGINX's weights natively once nginx.conf includes the router's upstream file; else traffic is left alone."""
+    """NGINX's weights: natively once nginx.conf includes the router's upstream file, in compose once the
+    ``upstream`` volume (with the file model-init wrote) is mounted; else traffic is left alone."""
     run_dir = settings.paths.run_dir
-    if (runtime or settings.release.runtime) == "native" and NginxRouter.includes_upstream(run_dir):
+    runtime = runtime or settings.release.runtime
+    if runtime == "native" and NginxRouter.includes_upstream(run_dir):
         return NginxRouter.native(settings.serving.topology, run_dir)
+    if runtime == "compose" and upstream_path(run_dir).is_file():
+        return NginxRouter.compose(settings.serving.topology, run_dir)
     return NullRouter()
 
 

@@ -220,6 +220,65 @@ def test_nginx_splits_traffic_80_20_and_every_request_succeeds(compose_stack: Co
     assert abs(slots["canary"] / SPLIT_REQUESTS - 0.20) <= 0.05, slots
 
 
+# The release's own wiring inside the deploy job's container: which router it builds, then one step's weights.
+_ROUTE = ("import sys; from auto_deployment.release.wiring import ReleaseSettings, build_router; "
+          "router = build_router(ReleaseSettings.from_env()); print(type(router).__name__); "
+          "router.set_canary_share(float(sys.argv[1]), shadow=sys.argv[2] == 'shadow')")
+
+
+def _canary_share(stack: ComposeStack, n: int = 400) -> float:
+    slots: collections.Counter[str] = collections.Counter()
+    with requests.Session() as session:
+        for i in range(n):
+            response = session.get(f"{stack.url('nginx')}/recommend/{i}", timeout=5)
+            assert response.status_code == 200
+            slots[response.headers["X-Slot"]] += 1
+    return slots["canary"] / n
+
+
+def test_a_release_in_the_pipeline_container_moves_nginx_weights_through_the_reload_handshake(
+    compose_stack: ComposeStack,
+):
+    """The steps a release takes natively work in compose too: the pipeline's container cannot signal NGINX's, so
+    the router writes the weights and a token on the `upstream` volume and docker/nginx-run.sh reloads NGINX."""
+    try:
+        for share, expected in (("0.5", 0.5), ("0", 0.0)):
+            done = compose_stack.compose("run", "--rm", "--no-deps", "pipeline", "python", "-c", _ROUTE, share, "live",
+                                         timeout=300, what=f"the release's router setting the canary share {share}")
+            assert "NginxRouter" in done.stdout
+            assert abs(_canary_share(compose_stack) - expected) <= 0.06
+        # shadow: no user meets the canary, which still gets a copy of every request (labelled traffic="shadow")
+        compose_stack.compose("run", "--rm", "--no-deps", "pipeline", "python", "-c", _ROUTE, "0", "shadow",
+                              timeout=300, what="the release's router starting a shadow step")
+        assert _canary_share(compose_stack, 100) == 0.0
+        query = 'sum(recommend_requests_total{slot="canary",traffic="shadow"})'
+        deadline, copies = time.monotonic() + 60, 0.0
+        while time.monotonic() < deadline and copies < 100:
+            result = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query", params={"query": query},
+                                  timeout=5).json()["data"]["result"]
+            copies = float(result[0]["value"][1]) if result else 0.0
+            time.sleep(2)
+        assert copies >= 100
+    finally:  # the resting 80/20 for the other tests
+        compose_stack.compose("run", "--rm", "--no-deps", "pipeline", "python", "-c", _ROUTE, "0.2", "live",
+                              timeout=300, what="the router putting the resting split back")
+    assert abs(_canary_share(compose_stack) - 0.2) <= 0.06
+
+
+def test_nginx_latency_as_the_client_sees_it_reaches_prometheus_through_edge_metrics(compose_stack: ComposeStack):
+    """NGINX's edge log on its volume, mtail in edge-metrics, Prometheus's nginx_log job: each slot gets its series,
+    so the release's latency checks read NGINX's figures in compose as natively (not the handlers' own)."""
+    _canary_share(compose_stack, 100)
+    query = 'sum by (slot) (nginx_upstream_response_seconds_count{job="nginx_log",route="recommend",traffic="live"})'
+    deadline, slots = time.monotonic() + 90, set()
+    while time.monotonic() < deadline and slots != set(SLOTS):
+        result = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query", params={"query": query},
+                              timeout=5).json()["data"]["result"]
+        slots = {r["metric"].get("slot", "") for r in result if float(r["value"][1]) > 0}
+        time.sleep(3)
+    assert slots == set(SLOTS)
+
+
 def _slot_versions(stack: ComposeStack) -> dict[str, dict]:
     """Each slot's /version, asked from inside NGINX's neighbour (an inference container): slots are not published."""
     return {slot.name: json.loads(stack.get("inference_stable_1", f"http://{slot.service}:{slot.port}/version"))
@@ -506,6 +565,8 @@ def test_gitlab_ci_local_deploy_job_releases_a_version_from_the_dvc_remote_throu
             "CODE_COMMIT": f"{commit}-next", "MOVIEREC_REPO": str(checkout), "DVC_REMOTE_DIR": str(remote),
             # short windows and noise floors for a loaded 2-core machine: this proves the deploy path (fetch,
             # canary, checks through Prometheus, promotion); the checks' thresholds are tested in tests/release
+            # steps as natively (shadow, then weights the router applies through NGINX's reload handshake)
+            "RELEASE_STEPS": "shadow,20,50",
             "RELEASE_OBSERVE_S": "15", "RELEASE_MAX_ERROR_RATIO": "0.05", "RELEASE_MIN_REQUESTS": "20",
             "RELEASE_LATENCY_SLACK_MS": "100", "RELEASE_P99_SLACK_MS": "300",
             **{name: compose_stack.env[name] for name in ("BIND_ADDRESS", "OPS_BIND_ADDRESS", "NGINX_PORT",
@@ -604,12 +665,13 @@ def test_compose_defaults_are_the_public_images_and_stand_ins_cover_all_but_graf
                            "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
-    images = {name: s["build"]["args"]["PYTHON_IMAGE"] if "build" in s else s["image"]
-              for name, s in services.items()}
+    images = {name: s["build"]["args"].get("PYTHON_IMAGE") or s["build"]["args"]["DEBIAN_IMAGE"] if "build" in s
+              else s["image"] for name, s in services.items()}
     assert images["mysql"].startswith("mysql:")
     assert images["inference_canary"] == "python:3.11-slim"
     assert images["nginx"].startswith("nginx:")
     assert images["prometheus"].startswith("prom/prometheus")
+    assert images["edge-metrics"] == "debian:bookworm-slim"  # Debian's mtail: no official image
     stand_ins = subprocess.run(["bash", str(DOCKER_SH), "env"], capture_output=True, text=True, timeout=30)
     variables = {line.split("=", 1)[0] for line in stand_ins.stdout.splitlines()}
     raw = COMPOSE_FILE.read_text()

@@ -21,11 +21,20 @@ import pytest
 import yaml
 
 from app.contracts import pointer
-from app.contracts.topology import CANARY, STABLE, Slot, Topology, loopback_address
+from app.contracts.topology import (
+    CANARY,
+    STABLE,
+    Slot,
+    Topology,
+    loopback_address,
+    reload_applied_path,
+    reload_request_path,
+)
 from app.settings import ROOT
 from ops.bootstrap import point_slots
 from ops.render import (
     COMPOSE_FILES,
+    COMPOSE_RUN_DIR,
     RULES_FILE,
     check_commands,
     compose_context,
@@ -127,7 +136,9 @@ def _compose_nginx_checkable(tmp_path: Path, topology: Topology = TOPOLOGY) -> P
     """The compose NGINX rendering with loopback upstreams and temp paths: service names resolve only in compose."""
     context = compose_context(topology=topology)
     upstream = tmp_path / "upstream.conf"
-    nginx = {**context["nginx"], "pidfile": tmp_path / "nginx.pid", "temp": tmp_path, "upstream": upstream}
+    nginx = {**context["nginx"], "pidfile": tmp_path / "nginx.pid", "temp": tmp_path, "upstream": upstream,
+             "access_log": tmp_path / "edge" / "access.log"}  # the container's edge_log volume
+    nginx["access_log"].parent.mkdir()
     context.update(address=loopback_address, nginx=nginx)
     ensure_upstream(upstream, topology, loopback_address, reset=True)
     conf = tmp_path / "nginx.conf"
@@ -392,10 +403,20 @@ def _check_compose_topology(compose: dict, topology: Topology) -> None:
 def test_compose_runs_one_inference_service_per_slot_of_the_topology():
     compose = yaml.safe_load(COMPOSE_FILES["compose"].read_text())
     _check_compose_topology(compose, TOPOLOGY)
-    # NGINX in compose reads the upstream file the bootstrap and the release write, on a shared volume.
-    assert "upstream:/srv/run/nginx:ro" in compose["services"]["nginx"]["volumes"]
-    assert "upstream:/srv/run/nginx" in compose["services"]["model-init"]["volumes"]
-    assert "upstream:/srv/run/nginx" in compose["services"]["scheduler"]["volumes"]
+    # NGINX in compose reads the upstream file the bootstrap and the release write, on a shared volume, and answers
+    # the release's reload requests there (docker/nginx-run.sh, the paths of app/contracts/topology.py).
+    for service in ("nginx", "model-init", "scheduler", "pipeline"):
+        assert "upstream:/srv/run/nginx" in compose["services"][service]["volumes"], service
+    nginx = compose["services"]["nginx"]
+    assert nginx["command"] == ["sh", "/usr/local/bin/nginx-run.sh"]
+    assert nginx["environment"]["NGINX_RELOAD_REQUEST"] == str(reload_request_path(COMPOSE_RUN_DIR))
+    assert nginx["environment"]["NGINX_RELOAD_APPLIED"] == str(reload_applied_path(COMPOSE_RUN_DIR))
+    # its edge log is what edge-metrics (mtail) reads, and Prometheus scrapes edge-metrics
+    edge_log = nginx["environment"]["EDGE_LOG"]
+    assert edge_log in compose["services"]["edge-metrics"]["command"]
+    assert f"edge_log:{Path(edge_log).parent}:ro" in compose["services"]["edge-metrics"]["volumes"]
+    assert f"access_log {edge_log} movierec;" in COMPOSE_FILES["nginx"].read_text()
+    assert '"edge-metrics:3903"' in COMPOSE_FILES["prometheus"].read_text()
     conf = COMPOSE_FILES["nginx"].read_text()
     assert _directives(_upstream_block(conf), "include") == ["/srv/run/nginx/upstream.conf"]
 

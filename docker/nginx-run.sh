@@ -1,0 +1,67 @@
+#!/bin/sh
+# NGINX's container in compose (service nginx): NGINX in the foreground, plus the two chores a sidecar would do.
+#
+# 1. Reload on request. No other container may signal this one, so a release's router (auto_deployment/release/
+#    router.py, HandshakeReload) rewrites the upstream/shadow files on the shared `upstream` volume and then
+#    writes a new token to $NGINX_RELOAD_REQUEST. Every $NGINX_RELOAD_POLL_S this loop compares the token with
+#    the last one it answered; on a change it runs `nginx -t` and, if the files are valid, `nginx -s reload`
+#    (graceful: old workers finish their requests), then writes "<token> ok" (or "<token> invalid: <why>") to
+#    $NGINX_RELOAD_APPLIED. The router waits for that answer. The paths are app/contracts/topology.py's
+#    reload_request_path / reload_applied_path, rendered into compose.yml.
+# 2. Keep the edge log bounded. NGINX also writes its access log ($EDGE_LOG, app/contracts/edgelog.py) to a
+#    volume mtail reads (service edge-metrics); above $EDGE_LOG_MAX_MB it is renamed to .1 (the previous .1 is
+#    dropped) and NGINX reopens its logs. mtail follows the rename.
+#
+# docker stop (SIGTERM) or SIGQUIT makes NGINX quit gracefully. Settings: NGINX_BIN (nginx), NGINX_CONF
+# (/etc/nginx/nginx.conf), NGINX_PREFIX (none), NGINX_RELOAD_POLL_S (0.5), EDGE_LOG (none), EDGE_LOG_MAX_MB (100).
+set -eu
+: "${NGINX_RELOAD_REQUEST:?}" "${NGINX_RELOAD_APPLIED:?}"
+bin=${NGINX_BIN:-nginx}
+conf=${NGINX_CONF:-/etc/nginx/nginx.conf}
+poll=${NGINX_RELOAD_POLL_S:-0.5}
+max_kb=$(( ${EDGE_LOG_MAX_MB:-100} * 1024 ))
+set -- -c "$conf"
+[ -z "${NGINX_PREFIX:-}" ] || set -- -p "$NGINX_PREFIX" "$@"
+
+log() { printf '%s nginx-run %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+children() { cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null || true; }
+answer() {  # atomically, so the router never reads half a line
+  printf '%s\n' "$1" >"$NGINX_RELOAD_APPLIED.tmp" && mv -f "$NGINX_RELOAD_APPLIED.tmp" "$NGINX_RELOAD_APPLIED"
+}
+
+mkdir -p /tmp/nginx
+[ -z "${EDGE_LOG:-}" ] || mkdir -p "$(dirname "$EDGE_LOG")"
+"$bin" "$@" -g 'daemon off;' &
+nginx_pid=$!
+trap 'kill -QUIT "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" || true; exit 0' TERM QUIT INT
+
+# NGINX just read every file written so far: a pending request is answered as applied.
+last=$(cat "$NGINX_RELOAD_REQUEST" 2>/dev/null || true)
+[ -z "$last" ] || answer "$last ok"
+log "started nginx (pid $nginx_pid), reload requests: $NGINX_RELOAD_REQUEST"
+while kill -0 "$nginx_pid" 2>/dev/null; do
+  sleep "$poll" &
+  wait $! || true  # a signal interrupts the wait at once, so the trap runs without waiting out the poll
+  token=$(cat "$NGINX_RELOAD_REQUEST" 2>/dev/null || true)
+  if [ -n "$token" ] && [ "$token" != "$last" ]; then
+    if why=$("$bin" "$@" -t -q 2>&1); then
+      before=$(children)
+      "$bin" "$@" -s reload
+      # answered once the master has started workers on the new files (or after 5 s where /proc says nothing)
+      i=0
+      while [ "$(children)" = "$before" ] && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+      answer "$token ok"
+      log "reloaded for $token"
+    else
+      answer "$token invalid: $(printf '%s' "$why" | tr '\n' ' ')"
+      log "refused $token: $why"
+    fi
+    last=$token
+  fi
+  if [ -n "${EDGE_LOG:-}" ] && [ -f "$EDGE_LOG" ] && [ "$(du -k "$EDGE_LOG" | cut -f1)" -gt "$max_kb" ]; then
+    mv -f "$EDGE_LOG" "$EDGE_LOG.1"
+    "$bin" "$@" -s reopen
+    log "edge log above ${EDGE_LOG_MAX_MB:-100} MB: rotated to $EDGE_LOG.1"
+  fi
+done
+wait "$nginx_pid"

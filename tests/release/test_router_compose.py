@@ -1,0 +1,174 @@
+"""Compose's way of moving traffic: the router's reload handshake with NGINX's container script, both for real.
+
+In compose the release runs in the pipeline's container and cannot signal NGINX's, so `NginxRouter.compose`
+writes the weights and a reload token, and ``docker/nginx-run.sh`` (NGINX's container command) checks the files,
+reloads and answers. Here the very script runs the Debian NGINX binary natively in a temporary prefix, in front of
+three tiny backends; only the paths differ from the container (the script's settings).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.contracts.topology import Topology, reload_applied_path, reload_request_path
+from app.settings import ROOT
+from auto_deployment.release.router import HandshakeReload, NginxRouter, RouteError
+from tests.fixtures.receivers import free_port
+from tests.release.test_router import NGINX, Nginx, _backend, _workers
+
+SCRIPT = ROOT / "docker" / "nginx-run.sh"
+
+
+class ScriptNginx(Nginx):
+    """`Nginx` of test_router, but started by docker/nginx-run.sh and routed by handshake, as in compose."""
+
+    def __init__(self, root: Path, topology: Topology, edge_log_max_mb: int = 100, pending: str = "") -> None:
+        self.root = root
+        self.port = free_port()
+        (root / "nginx").mkdir()
+        if pending:  # a reload request left by a router before NGINX (re)started
+            reload_request_path(root).write_text(pending + "\n")
+        self.router = NginxRouter(
+            topology, root / "nginx" / "upstream.conf",
+            HandshakeReload(reload_request_path(root), reload_applied_path(root), timeout_s=20),
+            address=lambda s: f"127.0.0.1:{s.port}")
+        self.router.upstream_file.write_text(topology.nginx_servers(lambda s: f"127.0.0.1:{s.port}"))
+        self.edge_log = root / "edge" / "access.log"
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (root / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log info;\n"
+            "events { worker_connections 64; }\n"
+            "http {\n"
+            f"  access_log {self.edge_log}; client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n"
+            f"  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n"
+            f"  upstream inference {{ include {root}/nginx/upstream.conf; }}\n"
+            f"  server {{ listen 127.0.0.1:{self.port}; location / {{ proxy_pass http://inference; }} }}\n"
+            "}\n"
+        )
+        env = {**os.environ, "NGINX_BIN": NGINX, "NGINX_CONF": str(root / "nginx.conf"), "NGINX_PREFIX": str(root),
+               "NGINX_RELOAD_REQUEST": str(reload_request_path(root)),
+               "NGINX_RELOAD_APPLIED": str(reload_applied_path(root)), "NGINX_RELOAD_POLL_S": "0.1",
+               "EDGE_LOG": str(self.edge_log), "EDGE_LOG_MAX_MB": str(edge_log_max_mb)}
+        self.stderr = open(root / "nginx-run.err", "w")  # noqa: SIM115 (closed in stop)
+        self.script = subprocess.Popen(["sh", str(SCRIPT)], env=env, stderr=self.stderr)
+        deadline = time.monotonic() + 20
+        while not (root / "nginx.pid").exists() or not _workers(int((root / "nginx.pid").read_text() or 0)):
+            assert self.script.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+        self.master = int((root / "nginx.pid").read_text())
+
+    def log(self) -> str:
+        return (self.root / "nginx-run.err").read_text()
+
+    def stop(self) -> None:
+        if self.script.poll() is None:
+            self.script.send_signal(signal.SIGTERM)
+            try:
+                self.script.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.script.kill()
+        super().stop()  # in case the script left NGINX behind (a failed test)
+        self.stderr.close()
+
+
+def _start(tmp_path: Path, **kwargs: object) -> tuple[ScriptNginx, list]:
+    backends = {name: _backend(name) for name in Topology().names}
+    topology = Topology().with_ports({name: server.server_address[1] for name, server in backends.items()})
+    return ScriptNginx(tmp_path, topology, **kwargs), list(backends.values())
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[ScriptNginx]:
+    proxy, backends = _start(tmp_path)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        for server in backends:
+            server.shutdown()
+            server.server_close()
+
+
+def test_compose_router_moves_the_weights_through_the_reload_handshake(nginx: ScriptNginx):
+    assert nginx.count(100) == {"stable_1": 40, "stable_2": 40, "canary": 20}
+
+    nginx.set_share_and_wait(0.5)  # returns once the script answered the router's token
+    token, status = reload_applied_path(nginx.root).read_text().split()
+    assert status == "ok" and token == reload_request_path(nginx.root).read_text().strip()
+    assert nginx.count(100) == {"stable_1": 25, "stable_2": 25, "canary": 50}
+
+    nginx.set_share_and_wait(0)
+    assert nginx.count(50) == {"stable_1": 25, "stable_2": 25}
+    assert "reloaded for" in nginx.log()
+
+
+def test_files_nginx_refuses_are_an_error_and_the_previous_weights_keep_serving(nginx: ScriptNginx):
+    nginx.router.address = lambda s: f"127.0.0.1:{s.port}x"  # a server line nginx -t rejects
+    master = nginx.master
+    with pytest.raises(RouteError, match="NGINX refused the new configuration"):
+        nginx.router.set_canary_share(0.5)
+    assert "invalid" in reload_applied_path(nginx.root).read_text()
+    assert nginx.master == master and nginx.script.poll() is None
+    assert nginx.count(100) == {"stable_1": 40, "stable_2": 40, "canary": 20}  # still the resting split
+
+
+def test_no_answer_from_nginx_is_an_error_naming_the_script(tmp_path: Path):
+    reload = HandshakeReload(tmp_path / "reload.request", tmp_path / "reload.applied", timeout_s=0.3)
+    with pytest.raises(RouteError, match=r"did not confirm the reload within 0\.3 s.*nginx-run\.sh"):
+        reload()
+
+
+def test_a_request_written_before_nginx_started_is_answered_at_start(tmp_path: Path):
+    """A release that wrote its files while NGINX's container restarted: the fresh NGINX read them, so the
+    waiting router gets its answer without a second reload."""
+    proxy, backends = _start(tmp_path, pending="early-token")
+    try:
+        assert reload_applied_path(tmp_path).read_text() == "early-token ok\n"
+        time.sleep(0.5)  # five polls: the answered token is not reloaded again
+        assert "reloaded for" not in proxy.log()
+    finally:
+        proxy.stop()
+        for server in backends:
+            server.shutdown()
+            server.server_close()
+
+
+def test_the_edge_log_is_rotated_above_its_limit_and_nginx_writes_a_fresh_one(tmp_path: Path):
+    proxy, backends = _start(tmp_path, edge_log_max_mb=1)
+    try:
+        proxy.count(3)
+        with open(proxy.edge_log, "a") as fh:  # as if a day of traffic had been logged
+            fh.write("x" * 1_200_000 + "\n")
+        deadline = time.monotonic() + 20
+        rotated = proxy.edge_log.with_name("access.log.1")
+        while not rotated.exists():
+            assert time.monotonic() < deadline, proxy.log()
+            time.sleep(0.1)
+        proxy.count(5)
+        deadline = time.monotonic() + 10
+        while not proxy.edge_log.exists() or proxy.edge_log.read_text().count("GET /recommend/1") < 5:
+            assert time.monotonic() < deadline, proxy.log()
+            time.sleep(0.1)
+        assert rotated.stat().st_size > 1_200_000 and proxy.edge_log.stat().st_size < 10_000
+        assert "rotated" in proxy.log()
+    finally:
+        proxy.stop()
+        for server in backends:
+            server.shutdown()
+            server.server_close()
+
+
+def test_sigterm_stops_nginx_gracefully_and_the_script_exits_0(nginx: ScriptNginx):
+    nginx.script.send_signal(signal.SIGTERM)
+    assert nginx.script.wait(timeout=20) == 0
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{nginx.master}").exists():
+        assert time.monotonic() < deadline, "NGINX's master outlived its container script"
+        time.sleep(0.05)
