@@ -12,8 +12,9 @@
 #    volume mtail reads (service edge-metrics); above $EDGE_LOG_MAX_MB it is renamed to .1 (the previous .1 is
 #    dropped) and NGINX reopens its logs. mtail follows the rename.
 #
-# docker stop (SIGTERM) or SIGQUIT makes NGINX quit gracefully. Settings: NGINX_BIN (nginx), NGINX_CONF
-# (/etc/nginx/nginx.conf), NGINX_PREFIX (none), NGINX_RELOAD_POLL_S (0.5), EDGE_LOG (none), EDGE_LOG_MAX_MB (100).
+# docker stop (SIGTERM) or SIGQUIT makes NGINX quit gracefully; SIGHUP and SIGUSR1 are passed on to NGINX.
+# Settings: NGINX_BIN (nginx), NGINX_CONF (/etc/nginx/nginx.conf), NGINX_PREFIX (none), NGINX_RELOAD_POLL_S (0.5),
+# EDGE_LOG (none), EDGE_LOG_MAX_MB (100).
 set -eu
 : "${NGINX_RELOAD_REQUEST:?}" "${NGINX_RELOAD_APPLIED:?}"
 bin=${NGINX_BIN:-nginx}
@@ -34,6 +35,10 @@ mkdir -p /tmp/nginx
 "$bin" "$@" -g 'daemon off;' &
 nginx_pid=$!
 trap 'kill -QUIT "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" || true; exit 0' TERM QUIT INT
+# `docker compose kill -s HUP nginx` (docker/ci-deploy.sh, after it recreates slots) reaches this script, PID 1:
+# passed on, it is NGINX's own graceful reload; USR1 (reopen the logs) likewise.
+trap 'kill -HUP "$nginx_pid" 2>/dev/null || true' HUP
+trap 'kill -USR1 "$nginx_pid" 2>/dev/null || true' USR1
 
 # NGINX just read every file written so far: a pending request is answered as applied.
 last=$(cat "$NGINX_RELOAD_REQUEST" 2>/dev/null || true)

@@ -172,3 +172,18 @@ def test_sigterm_stops_nginx_gracefully_and_the_script_exits_0(nginx: ScriptNgin
     while Path(f"/proc/{nginx.master}").exists():
         assert time.monotonic() < deadline, "NGINX's master outlived its container script"
         time.sleep(0.05)
+
+
+def test_sighup_to_the_script_is_nginx_reloading_not_the_container_dying(nginx: ScriptNginx):
+    """docker/ci-deploy.sh sends `compose kill -s HUP nginx` after recreating slots: PID 1 is the script."""
+    before = _workers(nginx.master)
+    nginx.router.upstream_file.write_text(nginx.router.topology.with_canary_share(0.5).nginx_servers(
+        nginx.router.address))
+    nginx.script.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while _workers(nginx.master) & before or not _workers(nginx.master):
+        assert time.monotonic() < deadline and nginx.script.poll() is None, nginx.log()
+        time.sleep(0.05)
+    assert nginx.script.poll() is None
+    assert nginx.count(100) == {"stable_1": 25, "stable_2": 25, "canary": 50}
+
