@@ -26,12 +26,30 @@ set -- -c "$conf"
 
 log() { printf '%s nginx-run %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 children() { cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null || true; }
-answer() {  # atomically, so the router never reads half a line
-  printf '%s\n' "$1" >"$NGINX_RELOAD_APPLIED.tmp" && mv -f "$NGINX_RELOAD_APPLIED.tmp" "$NGINX_RELOAD_APPLIED"
+answer() {  # atomically (a fresh temporary file, then a rename), so the router never reads half a line
+  tmp=$(mktemp "$NGINX_RELOAD_APPLIED.XXXXXX") && printf '%s\n' "$1" >"$tmp" && chmod 644 "$tmp" &&
+    mv -f "$tmp" "$NGINX_RELOAD_APPLIED" || log "could not answer $1 in $NGINX_RELOAD_APPLIED"
+}
+# Until the master's workers differ from $1 (new ones run: the master read the files), NGINX exited, or $2 polls
+# of 50 ms passed (where /proc says nothing).
+await_workers() {
+  i=0
+  while [ "$(children)" = "$1" ] && [ "$i" -lt "$2" ] && kill -0 "$nginx_pid" 2>/dev/null; do
+    sleep 0.05
+    i=$((i + 1))
+  done
 }
 
 mkdir -p /tmp/nginx
 [ -z "${EDGE_LOG:-}" ] || mkdir -p "$(dirname "$EDGE_LOG")"
+# The directory the router writes to: owner (uid 10001, the deploy job) and group 0 (the group an arbitrary
+# MOVIEREC_UID runs with: the scheduler) may replace files there; nobody else, NGINX's workers included.
+# Volumes made before this rule get it here: this script is the one root process that mounts the volume.
+dir=$(dirname "$NGINX_RELOAD_REQUEST")
+chgrp 0 "$dir" 2>/dev/null && chmod 2775 "$dir" 2>/dev/null || log "could not set the mode of $dir"
+# Read before NGINX starts: a request written after this line is newer than the files NGINX reads, and the loop
+# below reloads for it; this one is answered once NGINX runs, since NGINX reads the files it names.
+last=$(cat "$NGINX_RELOAD_REQUEST" 2>/dev/null || true)
 "$bin" "$@" -g 'daemon off;' &
 nginx_pid=$!
 trap 'kill -QUIT "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" || true; exit 0' TERM QUIT INT
@@ -39,34 +57,37 @@ trap 'kill -QUIT "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" || true; ex
 # passed on, it is NGINX's own graceful reload; USR1 (reopen the logs) likewise.
 trap 'kill -HUP "$nginx_pid" 2>/dev/null || true' HUP
 trap 'kill -USR1 "$nginx_pid" 2>/dev/null || true' USR1
-
-# NGINX just read every file written so far: a pending request is answered as applied.
-last=$(cat "$NGINX_RELOAD_REQUEST" 2>/dev/null || true)
+await_workers "" 600
+if ! kill -0 "$nginx_pid" 2>/dev/null; then
+  wait "$nginx_pid" || exit $?  # NGINX refused to start: the container exits with its status
+fi
 [ -z "$last" ] || answer "$last ok"
 log "started nginx (pid $nginx_pid), reload requests: $NGINX_RELOAD_REQUEST"
+# Nothing below may end the script but NGINX's own exit: a failed command is logged and answered, never fatal.
 while kill -0 "$nginx_pid" 2>/dev/null; do
   sleep "$poll" &
   wait $! || true  # a signal interrupts the wait at once, so the trap runs without waiting out the poll
   token=$(cat "$NGINX_RELOAD_REQUEST" 2>/dev/null || true)
   if [ -n "$token" ] && [ "$token" != "$last" ]; then
-    if why=$("$bin" "$@" -t -q 2>&1); then
-      before=$(children)
-      "$bin" "$@" -s reload
-      # answered once the master has started workers on the new files (or after 5 s where /proc says nothing)
-      i=0
-      while [ "$(children)" = "$before" ] && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+    if ! why=$("$bin" "$@" -t -q 2>&1); then
+      answer "$token invalid: $(printf '%s' "$why" | tr '\n' ' ')"
+      log "refused $token: $why"
+    elif before=$(children) && why=$("$bin" "$@" -s reload 2>&1); then
+      await_workers "$before" 40
       answer "$token ok"
       log "reloaded for $token"
     else
-      answer "$token invalid: $(printf '%s' "$why" | tr '\n' ' ')"
-      log "refused $token: $why"
+      answer "$token failed: $(printf '%s' "$why" | tr '\n' ' ')"
+      log "reload for $token failed: $why"
     fi
     last=$token
   fi
   if [ -n "${EDGE_LOG:-}" ] && [ -f "$EDGE_LOG" ] && [ "$(du -k "$EDGE_LOG" | cut -f1)" -gt "$max_kb" ]; then
-    mv -f "$EDGE_LOG" "$EDGE_LOG.1"
-    "$bin" "$@" -s reopen
-    log "edge log above ${EDGE_LOG_MAX_MB:-100} MB: rotated to $EDGE_LOG.1"
+    if mv -f "$EDGE_LOG" "$EDGE_LOG.1" && "$bin" "$@" -s reopen; then
+      log "edge log above ${EDGE_LOG_MAX_MB:-100} MB: rotated to $EDGE_LOG.1"
+    else
+      log "edge log rotation failed"
+    fi
   fi
 done
 wait "$nginx_pid"

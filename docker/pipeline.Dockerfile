@@ -24,9 +24,9 @@ RUN set -eu; \
 FROM ${PYTHON_IMAGE}
 # /srv/run/metrics is world-writable with the sticky bit: the `pipeline_metrics` volume starts as a copy of it,
 # and the scheduler runs as any MOVIEREC_UID; the files there are Prometheus gauges, not secrets.
-# /srv/run/nginx (the `upstream` volume) is world-writable without the sticky bit: a release run by that scheduler
-# replaces upstream.conf, which model-init wrote, by rename. Only model-init, NGINX, the scheduler and the
-# deploy job mount it.
+# /srv/run/nginx (the `upstream` volume) is writable by its owner and group 0, setgid: a release run by that
+# scheduler (an arbitrary uid runs with gid 0) replaces upstream.conf, which model-init wrote, by rename;
+# NGINX's workers cannot write there. docker/nginx-run.sh applies the same mode to older volumes.
 # git: the version stage commits and DVC tracks data/ and models/ in a repository (MOVIEREC_REPO_DIR).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
@@ -35,7 +35,7 @@ RUN apt-get update \
  && mkdir -p /srv/models /srv/data /srv/run/slots /srv/run/nginx /srv/run/metrics /srv/config /srv/events /srv/checkout \
  && chown -R movierec:movierec /srv \
  && chmod 1777 /srv/run/metrics \
- && chmod 0777 /srv/run/nginx
+ && chgrp 0 /srv/run/nginx && chmod 2775 /srv/run/nginx
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -211,7 +211,7 @@ def native_context(stack: Stack) -> dict[str, Any]:
 def compose_context(
     notify: Notify | None = None, webhook: str = "", topology: Topology | None = None
 ) -> dict[str, Any]:
-    """Values of the compose variant: service names, container paths, logs to stdout.
+    """Values of the compose variant: service names, container paths, the edge log on its volume (and stdout).
 
     Without `notify` nothing is configured, so the tracked files hold no secret.
     """

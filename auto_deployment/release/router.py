@@ -2,8 +2,8 @@
 
 `NginxRouter.set_canary_share(share)` re-renders NGINX's upstream ``server`` lines from the topology
 (`Topology.with_canary_share`, `write_nginx_upstream`) into the file nginx.conf includes in its
-upstream block, then reloads NGINX gracefully: SIGHUP to the master (pid file), which starts new
-workers on the new weights while the old ones finish their requests, so no request is dropped.
+upstream block, then reloads NGINX gracefully: the master starts new workers on the new weights while
+the old ones finish their requests, so no request is dropped (how it is told: below).
 
 The shadow step (``shadow=True``) also writes ``<run>/nginx/shadow.conf`` (`topology.SHADOW_MIRROR`),
 which nginx.conf includes in its ``/recommend/`` location: NGINX then mirrors every live request to
@@ -77,12 +77,16 @@ class NullRouter:
 class Reload(Protocol):
     """Makes NGINX load its files again, gracefully (old workers finish their requests); returns what it did."""
 
+    keeps_files_on_failure: bool  # on RouteError: leave the new files (True) or have the router put the old back
+
     def __call__(self) -> str:
         ...
 
 
 class SignalReload:
     """Natively: SIGHUP to the NGINX master named by its pid file."""
+
+    keeps_files_on_failure = True  # NGINX not running: the files are what its next start should read
 
     def __init__(self, pid_file: Path) -> None:
         self.pid_file = Path(pid_file)
@@ -101,6 +105,10 @@ class SignalReload:
 
 class HandshakeReload:
     """In compose: a token in the request file, answered by NGINX's container in the applied file."""
+
+    # A refused, failed or unanswered reload: the router puts the previous files back, so that what the files say
+    # is what NGINX serves (a retry of the same step reloads again, and a restart cannot read a refused file).
+    keeps_files_on_failure = False
 
     def __init__(self, request_file: Path, applied_file: Path, timeout_s: float = 15.0, poll_s: float = 0.05) -> None:
         self.request_file = Path(request_file)
@@ -121,7 +129,7 @@ class HandshakeReload:
             if answer.split(" ")[0] == token:
                 if answer.endswith(" ok"):
                     return f"reloaded by NGINX's container (token {token})"
-                raise RouteError(f"NGINX refused the new configuration (nginx -t: {answer.partition(' ')[2]}); "
+                raise RouteError(f"NGINX did not apply the new configuration ({answer.partition(' ')[2]}); "
                                  "it keeps serving the previous one")
             time.sleep(self.poll_s)
         raise RouteError(f"NGINX did not confirm the reload within {self.timeout_s:g} s ({self.applied_file} says "
@@ -172,12 +180,36 @@ class NginxRouter:
         if same_weights and self.shadow_file.exists() == shadow:
             log.info("router: weights unchanged, no reload", extra=kv(canary_share=float(share), shadow=shadow))
             return
+        before = self._files()
         if not same_weights:
             write_nginx_upstream(self.upstream_file, weighted, self.address)
         if shadow:
             write_text_atomic(self.shadow_file, SHADOW_MIRROR)
         else:
             self.shadow_file.unlink(missing_ok=True)
-        how = self.reload()
+        try:
+            how = self.reload()
+        except RouteError:
+            if not self.reload.keeps_files_on_failure:
+                self._restore(*before)
+            raise
         log.info("router: canary share set", extra=kv(canary_share=float(share), shadow=shadow, reload=how,
                                                       weights=",".join(f"{s.name}={s.weight}" for s in weighted.slots)))
+
+    def _files(self) -> tuple[str | None, str | None]:
+        """The upstream and shadow files' contents (None: absent)."""
+        def text(path: Path) -> str | None:
+            try:
+                return path.read_text()
+            except FileNotFoundError:
+                return None
+        return text(self.upstream_file), text(self.shadow_file)
+
+    def _restore(self, upstream: str | None, shadow: str | None) -> None:
+        for path, content in ((self.upstream_file, upstream), (self.shadow_file, shadow)):
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_text_atomic(path, content)
+        log.warning("router: NGINX did not take the new weights; the previous files are back",
+                    extra=kv(upstream=self.upstream_file))

@@ -1,5 +1,6 @@
 # Stand-in for nginx:1.27 (Debian bookworm's nginx-light: upstream keepalive, stub_status), built by
-# `ops/docker.sh bases`. Interface: /etc/nginx/nginx.conf, `nginx -g 'daemon off;'`, `sh`.
+# `ops/docker.sh bases`. Interface: /etc/nginx/nginx.conf, `nginx -g 'daemon off;'`, and what compose's command
+# docker/nginx-run.sh uses (as in the official Debian-based image): sh, coreutils, /proc.
 ARG DEBIAN_IMAGE=localhost/debian-base:bookworm
 FROM ${DEBIAN_IMAGE}
 RUN apt-get update \

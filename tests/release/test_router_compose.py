@@ -110,13 +110,20 @@ def test_compose_router_moves_the_weights_through_the_reload_handshake(nginx: Sc
 
 
 def test_files_nginx_refuses_are_an_error_and_the_previous_weights_keep_serving(nginx: ScriptNginx):
+    resting = nginx.router.upstream_file.read_text()
+    address = nginx.router.address
     nginx.router.address = lambda s: f"127.0.0.1:{s.port}x"  # a server line nginx -t rejects
     master = nginx.master
-    with pytest.raises(RouteError, match="NGINX refused the new configuration"):
-        nginx.router.set_canary_share(0.5)
+    with pytest.raises(RouteError, match="NGINX did not apply the new configuration"):
+        nginx.router.set_canary_share(0.5, shadow=True)
     assert "invalid" in reload_applied_path(nginx.root).read_text()
     assert nginx.master == master and nginx.script.poll() is None
     assert nginx.count(100) == {"stable_1": 40, "stable_2": 40, "canary": 20}  # still the resting split
+    # the files say what NGINX serves again: a restart reads valid files, and a retry really reloads
+    assert nginx.router.upstream_file.read_text() == resting and not nginx.router.shadow_file.exists()
+    nginx.router.address = address
+    nginx.set_share_and_wait(0.5)
+    assert nginx.count(100) == {"stable_1": 25, "stable_2": 25, "canary": 50}
 
 
 def test_no_answer_from_nginx_is_an_error_naming_the_script(tmp_path: Path):
@@ -130,6 +137,10 @@ def test_a_request_written_before_nginx_started_is_answered_at_start(tmp_path: P
     waiting router gets its answer without a second reload."""
     proxy, backends = _start(tmp_path, pending="early-token")
     try:
+        deadline = time.monotonic() + 10
+        while not reload_applied_path(tmp_path).exists():  # answered once NGINX's workers run
+            assert time.monotonic() < deadline, proxy.log()
+            time.sleep(0.05)
         assert reload_applied_path(tmp_path).read_text() == "early-token ok\n"
         time.sleep(0.5)  # five polls: the answered token is not reloaded again
         assert "reloaded for" not in proxy.log()
