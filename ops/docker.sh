@@ -35,7 +35,8 @@ PIDFILE=$STATE/dockerd.pid
 DOCKER=${DOCKER:-docker}
 DATA_ROOT=${DOCKER_DATA_ROOT:-/var/lib/docker}
 STORAGE_DRIVER=${DOCKER_STORAGE_DRIVER:-overlay2}
-DEBIAN_IMAGE=localhost/debian-base:bookworm
+# exported: compose.yml builds edge-metrics FROM ${DEBIAN_IMAGE} (with_bases_env skips variables already set here)
+export DEBIAN_IMAGE=localhost/debian-base:bookworm
 BASE_PREFIX=localhost/movierec-base
 # The profile services (scheduler, pipeline, simulator, node-exporter, cadvisor), which `config --services` of
 # compose 1.29 lists all the same: they are started by name (`--profile`, `run`) when wanted.

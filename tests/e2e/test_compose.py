@@ -569,6 +569,7 @@ def test_gitlab_ci_local_deploy_job_releases_a_version_from_the_dvc_remote_throu
             "RELEASE_STEPS": "shadow,20,50",
             "RELEASE_OBSERVE_S": "15", "RELEASE_MAX_ERROR_RATIO": "0.05", "RELEASE_MIN_REQUESTS": "20",
             "RELEASE_LATENCY_SLACK_MS": "100", "RELEASE_P99_SLACK_MS": "300",
+            "RELEASE_P99_MIN_REQUESTS": "50",  # ~8 canary requests a second at 20 %: 300 would hold each 5 s step
             **{name: compose_stack.env[name] for name in ("BIND_ADDRESS", "OPS_BIND_ADDRESS", "NGINX_PORT",
                                                           "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT",
                                                           "CONSOLE_PORT", "IMAGE_TAG")},
