@@ -142,20 +142,69 @@ def neighbour_recall(exact: Any, approx: Any) -> dict[str, float]:
             "est_per_user": float(sum(nb.indptr[1:] - nb.indptr[:-1]) / max(nb.shape[0], 1))}
 
 
-def recall_one(n_users: int) -> dict[str, float]:
-    """Neighbour recall of the default (capped) fit against the exact one, estimate and ranking neighbours."""
+TIE_WIDE = 2_000  # exact neighbours kept per user to see how many crowd the k-th one's similarity
+TIE_WITHIN = 0.9  # "near the cut": similarity at least this share of the exact k-th neighbour's
+
+
+def neighbour_margin(wide: Any, exact: Any, approx: Any, k: int) -> dict[str, float]:
+    """How much the neighbours the approximate fit misses matter, beside the recall (all CSR ``nb``, same users).
+
+    * ``sim_captured``: per user, the summed similarity of its approximate neighbours over that of its exact ones
+      (every pair a fit keeps is scored exactly, so the two sums compare), mean over users;
+    * ``near_cut_median``: per user, how many users are within `TIE_WITHIN` of the exact k-th neighbour's
+      similarity (from the `TIE_WIDE` exact best); far more than k means the exact set is one pick among
+      near-equals, and recall against that pick says little about the lists;
+    * ``near_cut_over_2k``: the share of users with more than 2k such near-equals.
+    """
+    import numpy as np
+
+    captured, near = [], []
+    for u in range(exact.shape[0]):
+        e = exact.data[exact.indptr[u]:exact.indptr[u + 1]]
+        a = approx.data[approx.indptr[u]:approx.indptr[u + 1]]
+        if e.sum() > 0:
+            captured.append(min(a.sum(), e.sum()) / e.sum())  # capped: ties at the cut may favour either side
+        w = np.sort(wide.data[wide.indptr[u]:wide.indptr[u + 1]])[::-1]
+        if len(w) >= k:
+            near.append(int(np.count_nonzero(w >= TIE_WITHIN * w[k - 1])))
+    near_a = np.array(near)
+    return {"sim_captured": float(np.mean(captured)), "near_cut_median": float(np.median(near_a)),
+            "near_cut_over_2k": float(np.mean(near_a > 2 * k)), "near_cut_users": len(near_a)}
+
+
+def recall_one(n_users: int, world: bool = False) -> dict[str, float]:
+    """Neighbour recall of the default (capped) fit against the exact one, estimate and ranking neighbours,
+    and how crowded the exact neighbours' cut is (`neighbour_margin`). `world`: ratings from
+    `simulator.world_scale` (what quality is measured on) instead of `ratings_frame`."""
     from app.recommender import fit_sparse_knn
     from app.recommender.sparse_knn import SparseUserKNN
 
-    frame = ratings_frame(n_users)[["user_id", "movie_id", "rating"]]
+    if world:
+        import pandas as pd
+
+        from app.contracts.tables import FILES
+        from simulator.world_scale import write_world
+
+        work = Path(tempfile.mkdtemp(prefix=f"recall-{n_users}-"))
+        try:
+            write_world(work, n_users, N_MOVIES, n_users * RATINGS_PER_USER, seed=0, progress=False)
+            frame = pd.read_csv(work / FILES["ratings"], usecols=["user_id", "movie_id", "rating"],
+                                dtype={"movie_id": str})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    else:
+        frame = ratings_frame(n_users)[["user_id", "movie_id", "rating"]]
     p = SparseUserKNN.default_params()
     out = {}
-    for name, extra in (("exact", {"rater_cap": 0, "candidates": 0}), ("capped", {})):
+    for name, extra in (("exact", {"rater_cap": 0, "candidates": 0}), ("capped", {}),
+                        ("wide", {"rater_cap": 0, "candidates": 0, "neighbours": TIE_WIDE})):
         started = time.perf_counter()
         out[name] = fit_sparse_knn.fit(frame, {**p, **extra})
         out[f"{name}_s"] = time.perf_counter() - started
-    return {"users": n_users, "exact_s": out["exact_s"], "capped_s": out["capped_s"],
-            **neighbour_recall(out["exact"].fields, out["capped"].fields), "peak_mb": _peak_mb()}
+    nb = {name: out[name].fields["nb"] for name in ("exact", "capped", "wide")}
+    return {"users": n_users, "ratings": "world" if world else "bench", "exact_s": out["exact_s"],
+            "capped_s": out["capped_s"], **neighbour_recall(out["exact"].fields, out["capped"].fields),
+            **neighbour_margin(nb["wide"], nb["exact"], nb["capped"], int(p["neighbours"])), "peak_mb": _peak_mb()}
 
 
 def _served(model: Any, world: Any, users: Any) -> Any:
@@ -344,6 +393,14 @@ def run(args: list[str] | tuple[str, ...] = ()) -> str:
             note="Exact: rater_cap=0, candidates=0 (every co-rater scored). Capped: the defaults. Recall: the "
                  "share of each user's exact neighbours the capped fit also keeps, over all users.",
         )
+        table += "\n" + render(
+            "How crowded the exact neighbours' cut is",
+            ["similarity captured", f"users within {TIE_WITHIN:.0%} of the k-th (median)", "share with > 2k"],
+            [[r["sim_captured"], r["near_cut_median"], r["near_cut_over_2k"]]],
+            note="Similarity captured: the capped neighbours' summed pearson_baseline over the exact ones' (mean "
+                 "over users). Near the cut: users whose similarity is at least that share of the exact k-th "
+                 f"neighbour's (k = the estimate's stored neighbours), from the {TIE_WIDE:,} exact best.",
+        )
     return table
 
 
@@ -352,8 +409,8 @@ if __name__ == "__main__":
         print(json.dumps(train_one(int(sys.argv[2]), sys.argv[3])))
     elif sys.argv[1:2] == ["--serve"]:
         print(json.dumps(serve_one(sys.argv[2])))
-    elif sys.argv[1:2] == ["--recall"]:
-        print(json.dumps(recall_one(int(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--recall"]:  # --recall N [world]
+        print(json.dumps(recall_one(int(sys.argv[2]), world=sys.argv[3:4] == ["world"])))
     elif sys.argv[1:2] == ["--quality"]:  # --quality N [--keep DIR] [name=value model parameters...]
         rest = sys.argv[3:]
         keep = rest[rest.index("--keep") + 1] if "--keep" in rest else ""
