@@ -51,23 +51,28 @@ def _workers(master: int) -> set[int]:
         return set()
 
 
+def write_nginx_conf(root: Path, port: int, upstream: Path, access_log: str = "off") -> None:
+    """One worker in `root`, listening on `port`, proxying to the servers the `upstream` file lists."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (root / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log info;\n"
+        "events { worker_connections 64; }\n"
+        "http {\n"
+        f"  access_log {access_log}; client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n"
+        f"  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n"
+        f"  upstream inference {{ include {upstream}; }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://inference; }} }}\n"
+        "}\n"
+    )
+
+
 class Nginx:
     def __init__(self, root: Path, topology: Topology) -> None:
         self.root = root
         self.port = free_port()
         self.router = NginxRouter(topology, root / "upstream.conf", root / "nginx.pid")
         self.router.upstream_file.write_text(topology.nginx_servers(lambda s: f"127.0.0.1:{s.port}"))
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (root / "nginx.conf").write_text(
-            f"{user}worker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log info;\n"
-            "events { worker_connections 64; }\n"
-            "http {\n"
-            f"  access_log off; client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n"
-            f"  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n"
-            f"  upstream inference {{ include {root}/upstream.conf; }}\n"
-            f"  server {{ listen 127.0.0.1:{self.port}; location / {{ proxy_pass http://inference; }} }}\n"
-            "}\n"
-        )
+        write_nginx_conf(root, self.port, root / "upstream.conf")
         subprocess.run([NGINX, "-p", str(root), "-c", str(root / "nginx.conf")], check=True, timeout=30)
         self.master = int((root / "nginx.pid").read_text())
 

@@ -8,6 +8,7 @@ three tiny backends; only the paths differ from the container (the script's sett
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from app.contracts.topology import Topology, reload_applied_path, reload_request
 from app.settings import ROOT
 from auto_deployment.release.router import HandshakeReload, NginxRouter, RouteError
 from tests.fixtures.receivers import free_port
-from tests.release.test_router import NGINX, Nginx, _backend, _workers
+from tests.release.test_router import NGINX, Nginx, _backend, _workers, write_nginx_conf
 
 SCRIPT = ROOT / "docker" / "nginx-run.sh"
 
@@ -41,17 +42,7 @@ class ScriptNginx(Nginx):
             address=lambda s: f"127.0.0.1:{s.port}")
         self.router.upstream_file.write_text(topology.nginx_servers(lambda s: f"127.0.0.1:{s.port}"))
         self.edge_log = root / "edge" / "access.log"
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (root / "nginx.conf").write_text(
-            f"{user}worker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log info;\n"
-            "events { worker_connections 64; }\n"
-            "http {\n"
-            f"  access_log {self.edge_log}; client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n"
-            f"  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n"
-            f"  upstream inference {{ include {root}/nginx/upstream.conf; }}\n"
-            f"  server {{ listen 127.0.0.1:{self.port}; location / {{ proxy_pass http://inference; }} }}\n"
-            "}\n"
-        )
+        write_nginx_conf(root, self.port, root / "nginx" / "upstream.conf", access_log=str(self.edge_log))
         env = {**os.environ, "NGINX_BIN": NGINX, "NGINX_CONF": str(root / "nginx.conf"), "NGINX_PREFIX": str(root),
                "NGINX_RELOAD_REQUEST": str(reload_request_path(root)),
                "NGINX_RELOAD_APPLIED": str(reload_applied_path(root)), "NGINX_RELOAD_POLL_S": "0.1",
@@ -78,22 +69,27 @@ class ScriptNginx(Nginx):
         self.stderr.close()
 
 
-def _start(tmp_path: Path, **kwargs: object) -> tuple[ScriptNginx, list]:
+@contextlib.contextmanager
+def _running(tmp_path: Path, **kwargs: object) -> Iterator[ScriptNginx]:
+    """Three backends and the script's NGINX in front of them; everything stopped afterwards."""
     backends = {name: _backend(name) for name in Topology().names}
     topology = Topology().with_ports({name: server.server_address[1] for name, server in backends.items()})
-    return ScriptNginx(tmp_path, topology, **kwargs), list(backends.values())
+    proxy = None
+    try:
+        proxy = ScriptNginx(tmp_path, topology, **kwargs)
+        yield proxy
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for server in backends.values():
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[ScriptNginx]:
-    proxy, backends = _start(tmp_path)
-    try:
+    with _running(tmp_path) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
-        for server in backends:
-            server.shutdown()
-            server.server_close()
 
 
 def test_compose_router_moves_the_weights_through_the_reload_handshake(nginx: ScriptNginx):
@@ -135,8 +131,7 @@ def test_no_answer_from_nginx_is_an_error_naming_the_script(tmp_path: Path):
 def test_a_request_written_before_nginx_started_is_answered_at_start(tmp_path: Path):
     """A release that wrote its files while NGINX's container restarted: the fresh NGINX read them, so the
     waiting router gets its answer without a second reload."""
-    proxy, backends = _start(tmp_path, pending="early-token")
-    try:
+    with _running(tmp_path, pending="early-token") as proxy:
         deadline = time.monotonic() + 10
         while not reload_applied_path(tmp_path).exists():  # answered once NGINX's workers run
             assert time.monotonic() < deadline, proxy.log()
@@ -144,16 +139,10 @@ def test_a_request_written_before_nginx_started_is_answered_at_start(tmp_path: P
         assert reload_applied_path(tmp_path).read_text() == "early-token ok\n"
         time.sleep(0.5)  # five polls: the answered token is not reloaded again
         assert "reloaded for" not in proxy.log()
-    finally:
-        proxy.stop()
-        for server in backends:
-            server.shutdown()
-            server.server_close()
 
 
 def test_the_edge_log_is_rotated_above_its_limit_and_nginx_writes_a_fresh_one(tmp_path: Path):
-    proxy, backends = _start(tmp_path, edge_log_max_mb=1)
-    try:
+    with _running(tmp_path, edge_log_max_mb=1) as proxy:
         proxy.count(3)
         with open(proxy.edge_log, "a") as fh:  # as if a day of traffic had been logged
             fh.write("x" * 1_200_000 + "\n")
@@ -169,11 +158,6 @@ def test_the_edge_log_is_rotated_above_its_limit_and_nginx_writes_a_fresh_one(tm
             time.sleep(0.1)
         assert rotated.stat().st_size > 1_200_000 and proxy.edge_log.stat().st_size < 10_000
         assert "rotated" in proxy.log()
-    finally:
-        proxy.stop()
-        for server in backends:
-            server.shutdown()
-            server.server_close()
 
 
 def test_sigterm_stops_nginx_gracefully_and_the_script_exits_0(nginx: ScriptNginx):
