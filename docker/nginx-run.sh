@@ -13,6 +13,7 @@
 #    dropped) and NGINX reopens its logs. mtail follows the rename.
 #
 # docker stop (SIGTERM) or SIGQUIT makes NGINX quit gracefully; SIGHUP and SIGUSR1 are passed on to NGINX.
+# (A shell cannot trap a signal ignored when it started, e.g. under nohup: run it as a container does, with defaults.)
 # Settings: NGINX_BIN (nginx), NGINX_CONF (/etc/nginx/nginx.conf), NGINX_PREFIX (none), NGINX_RELOAD_POLL_S (0.5),
 # EDGE_LOG (none), EDGE_LOG_MAX_MB (100).
 set -eu

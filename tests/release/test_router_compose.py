@@ -48,7 +48,10 @@ class ScriptNginx(Nginx):
                "NGINX_RELOAD_APPLIED": str(reload_applied_path(root)), "NGINX_RELOAD_POLL_S": "0.1",
                "EDGE_LOG": str(self.edge_log), "EDGE_LOG_MAX_MB": str(edge_log_max_mb)}
         self.stderr = open(root / "nginx-run.err", "w")  # noqa: SIM115 (closed in stop)
-        self.script = subprocess.Popen(["sh", str(SCRIPT)], env=env, stderr=self.stderr)
+        # as a container's PID 1 starts: default signal dispositions, even when this run inherited an ignored SIGHUP
+        # (nohup): a shell cannot trap a signal ignored on entry
+        self.script = subprocess.Popen(["sh", str(SCRIPT)], env=env, stderr=self.stderr,
+                                       preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
         deadline = time.monotonic() + 20
         while not (root / "nginx.pid").exists() or not _workers(int((root / "nginx.pid").read_text() or 0)):
             assert self.script.poll() is None and time.monotonic() < deadline, self.log()
