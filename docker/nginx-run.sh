@@ -5,7 +5,7 @@
 #    router.py, HandshakeReload) rewrites the upstream/shadow files on the shared `upstream` volume and then
 #    writes a new token to $NGINX_RELOAD_REQUEST. Every $NGINX_RELOAD_POLL_S this loop compares the token with
 #    the last one it answered; on a change it runs `nginx -t` and, if the files are valid, `nginx -s reload`
-#    (graceful: old workers finish their requests), then writes "<token> ok" (or "<token> invalid: <why>") to
+#    (graceful: old workers finish their requests), then writes "<token> ok" ("<token> invalid|failed: <why>") to
 #    $NGINX_RELOAD_APPLIED. The router waits for that answer. The paths are app/contracts/topology.py's
 #    reload_request_path / reload_applied_path, rendered into compose.yml.
 # 2. Keep the edge log bounded. NGINX also writes its access log ($EDGE_LOG, app/contracts/edgelog.py) to a

@@ -178,7 +178,8 @@ def reload_request_path(run_dir: str | Path) -> Path:
 
 def reload_applied_path(run_dir: str | Path) -> Path:
     """``<run>/nginx/reload.applied``: ``<token> ok`` once NGINX reloaded for that token's request, ``<token>
-    invalid`` when ``nginx -t`` refused the files (NGINX then keeps serving the previous configuration)."""
+    invalid: <why>`` when ``nginx -t`` refused the files, ``<token> failed: <why>`` when the reload itself failed
+    (either way NGINX keeps serving the previous configuration)."""
     return Path(run_dir) / "nginx" / "reload.applied"
 
 
