@@ -8,15 +8,26 @@ row is written for real) and a local DVC remote:
 * a 1-million-rating world (6,000 users × 3,700 movies, the shape of MovieLens-1M): 90% in
   `data/`, the newest 10% as events.
 
+* `scale1m`, the real size (not in the default): `python -m simulator world` writes 1,000,000 users ×
+  27,000 movies × 20M ratings; 90% go to `data/`, the newest 10% (2M ratings, 6M log lines, a
+  two-day window of the real stream) arrive as events. The world and the repository are made in a
+  child process so that this process's peak RSS is the pipeline's own. Needs ~25 GB of disk and an
+  idle machine: `BENCH_PIPELINE_SIZES=scale1m python -m bench pipeline`.
+
 The run is `run_pipeline` in this process with `--source file:...` and `--no-release`; the
 version step is also split into its DVC, git and MySQL parts. `BENCH_PIPELINE_SIZES` picks the
-sizes (`ml100k,world1m`, the default, or one of them).
+sizes (`ml100k,world1m`, the default, or any of the three); `BENCH_PIPELINE_SCALE_USERS` shrinks
+`scale1m` (20 ratings per user) for a quick run; `BENCH_PIPELINE_KEEP=DIR` leaves each run's repository,
+event log and models in `DIR/<size>` (to serve the bundle afterwards).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,16 +90,51 @@ def _repo(base: Path, tables: Tables, new_share: float) -> tuple[Layout, Path, i
                        movies=tables.movies), repo / "data")
     lines = event_lines(ratings.iloc[cut:])
     log_path = write_log(base / "events.log", lines)
-    layout = Layout(root=repo.resolve(), data_dir=(repo / "data").resolve(), models_dir=(repo / "models").resolve(),
-                    version_file=(repo / "version.txt").resolve(), run_dir=(base / "run").resolve(),
-                    dvc_remote=str(base / "dvc-remote"))
-    return layout, log_path, len(ratings), len(lines)
+    return _layout(base), log_path, len(ratings), len(lines)
 
 
-def _measure(name: str, tables: Tables, new_share: float) -> dict:
+def _layout(base: Path) -> Layout:
+    repo = base / "repo"
+    return Layout(root=repo.resolve(), data_dir=(repo / "data").resolve(), models_dir=(repo / "models").resolve(),
+                  version_file=(repo / "version.txt").resolve(), run_dir=(base / "run").resolve(),
+                  dvc_remote=str(base / "dvc-remote"))
+
+
+def _scale_repo(base: Path, new_share: float) -> tuple[Layout, Path, int, int, dict[str, float]]:
+    """The 1M-user world and its repository, made by child processes (their memory is not the pipeline's)."""
+    world = base / "world"
+    started = time.perf_counter()
+    users = int(os.environ.get("BENCH_PIPELINE_SCALE_USERS", "1000000"))
+    subprocess.run([sys.executable, "-m", "simulator", "world", "--users", str(users), "--movies", "27000",
+                    "--ratings", str(20 * users), "--seed", "0", "--workers", "2", "--out", str(world)],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    world_s = time.perf_counter() - started
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bench.pipeline", "--repo-from-world", str(base), str(world),
+                           str(new_share)], cwd=ROOT, check=True, capture_output=True, text=True)
+    made = json.loads(done.stdout.strip().splitlines()[-1])
+    shutil.rmtree(world, ignore_errors=True)
+    return (_layout(base), Path(made["log"]), made["ratings"], made["lines"],
+            {"world_s": world_s, "repo_s": time.perf_counter() - started})
+
+
+def _repo_from_world(base: Path, world: Path, new_share: float) -> dict:
+    """`--repo-from-world`: load a written world's tables and build the bench repository from them."""
+    from app.contracts.tables import load_tables
+
+    _, log_path, n_ratings, n_lines = _repo(base, load_tables(world), new_share)
+    return {"log": str(log_path), "ratings": n_ratings, "lines": n_lines}
+
+
+def _measure(name: str, tables: Tables | None, new_share: float) -> dict:
+    keep = os.environ.get("BENCH_PIPELINE_KEEP", "")  # a directory to leave the run in (e.g. to serve its bundle)
     with tempfile.TemporaryDirectory(prefix=f"bench-pipeline-{name}-") as tmp:
-        base = Path(tmp)
-        layout, log_path, n_ratings, n_lines = _repo(base, tables, new_share)
+        base = Path(keep) / name if keep else Path(tmp)
+        if tables is None:
+            layout, log_path, n_ratings, n_lines, made = _scale_repo(base, new_share)
+        else:
+            layout, log_path, n_ratings, n_lines = _repo(base, tables, new_share)
+            made = {}
         with _MariaDB(base) as mysql:
             options = Options(source=f"file:{log_path}", release=False, layout=layout, mysql=mysql,
                               notify=Notify(**{**Notify.from_env().__dict__, "smtp_host": "", "slack_webhook": ""}),
@@ -100,7 +146,9 @@ def _measure(name: str, tables: Tables, new_share: float) -> dict:
             raise RuntimeError(f"bench run {name} ended {report.outcome}: {report.reason}")
         steps = {s.name: s.seconds for s in report.steps}
         parts = report.step("version").details.get("timings", {})
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return {"steps": steps, "parts": parts, "total": total, "ratings": n_ratings, "lines": n_lines,
+                "peak_mb": peak_mb, **made,
                 "rmse": report.rmse, "data_mb": sum(f.stat().st_size for f in layout.data_dir.rglob("*")
                                                     if f.is_file()) / 1e6}
 
@@ -122,6 +170,7 @@ def _ml100k() -> Tables:
 SIZES = {
     "ml100k": ("MovieLens-100k (20% as events)", _ml100k, 0.2),
     "world1m": ("1M-rating world (10% as events)", _world_1m, 0.1),
+    "scale1m": ("1M users × 27k movies × 20M ratings (10% as events)", lambda: None, 0.1),
 }
 
 
@@ -140,7 +189,9 @@ def run() -> str:
     sizes = [["ratings after the run", *(results[t]["ratings"] for t in titles)],
              ["event lines collected", *(results[t]["lines"] for t in titles)],
              ["data/ size (MB, with event store)", *(results[t]["data_mb"] for t in titles)],
-             ["RMSE (80/20, seed 42)", *(results[t]["rmse"] for t in titles)]]
+             ["RMSE (80/20, seed 42)", *(results[t]["rmse"] for t in titles)],
+             ["peak RSS of the pipeline's process (MB)", *(results[t]["peak_mb"] for t in titles)],
+             ["world written (s, not in the run)", *(results[t].get("world_s", float("nan")) for t in titles)]]
     return (render("Retraining pipeline: seconds per step of one run (file source, no release)",
                    ["step", *titles], rows,
                    note="evaluate fits two models (80/20 split, temporal split); train fits the bundle on all data")
@@ -148,4 +199,7 @@ def run() -> str:
 
 
 if __name__ == "__main__":
-    print(run())
+    if sys.argv[1:2] == ["--repo-from-world"]:
+        print(json.dumps(_repo_from_world(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]))))
+    else:
+        print(run())
