@@ -13,6 +13,8 @@ Per size, fresh subprocesses (so each peak RSS, ``ru_maxrss``, is its own):
 The last rows are the growth exponents of train time and peak RSS against ratings (slope of log-log
 between consecutive sizes; 1 = linear). A separate table measures neighbour recall against the exact
 neighbours (``rater_cap=0, candidates=0``: every co-rater scored, cost ~ users²) on `RECALL_USERS` users.
+`python -m bench scale sweep [N]` prints recall and fit seconds against the candidate rule's two knobs
+(``rater_cap``, ``candidates``) on an N-user world (default 20k).
 
 `python -m bench scale quality 20k 100k 1M` measures quality against the world's true tastes instead: per size a
 world from `simulator.world_scale` (~20 ratings per user), the model `Recommender.train` picks, and NDCG@20
@@ -172,6 +174,23 @@ def neighbour_margin(wide: Any, exact: Any, approx: Any, k: int) -> dict[str, fl
             "near_cut_over_2k": float(np.mean(near_a > 2 * k)), "near_cut_users": len(near_a)}
 
 
+def _recall_frame(n_users: int, world: bool) -> Any:
+    """(user_id, movie_id, rating) of `n_users`: the world generator's ratings or `ratings_frame`'s."""
+    if not world:
+        return ratings_frame(n_users)[["user_id", "movie_id", "rating"]]
+    import pandas as pd
+
+    from app.contracts.tables import FILES
+    from simulator.world_scale import write_world
+
+    work = Path(tempfile.mkdtemp(prefix=f"recall-{n_users}-"))
+    try:
+        write_world(work, n_users, N_MOVIES, n_users * RATINGS_PER_USER, seed=0, progress=False)
+        return pd.read_csv(work / FILES["ratings"], usecols=["user_id", "movie_id", "rating"], dtype={"movie_id": str})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def recall_one(n_users: int, world: bool = False) -> dict[str, float]:
     """Neighbour recall of the default (capped) fit against the exact one, estimate and ranking neighbours,
     and how crowded the exact neighbours' cut is (`neighbour_margin`). `world`: ratings from
@@ -179,21 +198,7 @@ def recall_one(n_users: int, world: bool = False) -> dict[str, float]:
     from app.recommender import fit_sparse_knn
     from app.recommender.sparse_knn import SparseUserKNN
 
-    if world:
-        import pandas as pd
-
-        from app.contracts.tables import FILES
-        from simulator.world_scale import write_world
-
-        work = Path(tempfile.mkdtemp(prefix=f"recall-{n_users}-"))
-        try:
-            write_world(work, n_users, N_MOVIES, n_users * RATINGS_PER_USER, seed=0, progress=False)
-            frame = pd.read_csv(work / FILES["ratings"], usecols=["user_id", "movie_id", "rating"],
-                                dtype={"movie_id": str})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    else:
-        frame = ratings_frame(n_users)[["user_id", "movie_id", "rating"]]
+    frame = _recall_frame(n_users, world)
     p = SparseUserKNN.default_params()
     out = {}
     for name, extra in (("exact", {"rater_cap": 0, "candidates": 0}), ("capped", {}),
@@ -205,6 +210,35 @@ def recall_one(n_users: int, world: bool = False) -> dict[str, float]:
     return {"users": n_users, "ratings": "world" if world else "bench", "exact_s": out["exact_s"],
             "capped_s": out["capped_s"], **neighbour_recall(out["exact"].fields, out["capped"].fields),
             **neighbour_margin(nb["wide"], nb["exact"], nb["capped"], int(p["neighbours"])), "peak_mb": _peak_mb()}
+
+
+SWEEP = ((200, 300), (200, 1_000), (1_000, 1_000), (1_000, 3_000), (3_000, 3_000), (0, 300), (0, 1_000))
+
+
+def recall_sweep(n_users: int, settings: tuple[tuple[int, int], ...] = SWEEP) -> list[dict[str, float]]:
+    """Recall and fit seconds of the candidate rule against its two knobs, on the world generator's ratings.
+
+    ``(rater_cap, candidates)``; ``rater_cap`` 0 lists every co-rater (exact co-rating counts, ~users² work)
+    and re-scores the `candidates` most co-rated: how far knowing every pair's count alone would get.
+    """
+    from app.recommender import fit_sparse_knn
+    from app.recommender.sparse_knn import SparseUserKNN
+
+    frame = _recall_frame(n_users, world=True)
+    p = SparseUserKNN.default_params()
+    fit_sparse_knn.fit(frame.iloc[: len(frame) // 20], p)  # warm-up: imports, allocator; not counted
+    started = time.perf_counter()
+    exact = fit_sparse_knn.fit(frame, {**p, "rater_cap": 0, "candidates": 0})
+    rows = [{"rater_cap": 0, "candidates": 0, "fit_s": time.perf_counter() - started, "est_recall": 1.0,
+             "rank_recall": 1.0, "sim_captured": 1.0}]
+    for cap, cands in settings:
+        started = time.perf_counter()
+        got = fit_sparse_knn.fit(frame, {**p, "rater_cap": cap, "candidates": cands})
+        seconds = time.perf_counter() - started
+        margin = neighbour_margin(exact.fields["nb"], exact.fields["nb"], got.fields["nb"], int(p["neighbours"]))
+        rows.append({"rater_cap": cap, "candidates": cands, "fit_s": seconds,
+                     **neighbour_recall(exact.fields, got.fields), "sim_captured": margin["sim_captured"]})
+    return rows
 
 
 def _served(model: Any, world: Any, users: Any) -> Any:
@@ -344,7 +378,26 @@ def quality_row(q: dict[str, Any]) -> list[object]:
             q.get("loadavg", "-")]
 
 
+def sweep_table(n_users: int = RECALL_USERS) -> str:
+    """`bench scale sweep`: `recall_sweep` in a fresh process, as a table."""
+    out = subprocess.run([sys.executable, "-m", "bench.scale", "--recall-sweep", str(n_users)], capture_output=True,
+                         text=True, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return render(
+        f"The candidate rule's two knobs: neighbour recall and fit seconds, {n_users:,}-user world",
+        ["rater_cap", "candidates", "fit s", "estimate-neighbour recall", "ranking-neighbour recall",
+         "similarity captured"],
+        [[r["rater_cap"] or "all co-raters", r["candidates"] or "all", r["fit_s"], r["est_recall"], r["rank_recall"],
+          r["sim_captured"]] for r in rows],
+        note="The first row is the exact fit the others are compared with. rater_cap 'all co-raters' with a "
+             "candidate budget: every pair's co-rating count known (~users² work), the most co-rated re-scored. "
+             "Fit = fit_sparse_knn.fit only (no top lists), one run each after a warm-up, in one process.",
+    )
+
+
 def run(args: list[str] | tuple[str, ...] = ()) -> str:
+    if "sweep" in args:
+        return sweep_table(next((parse_size(a) for a in args if a != "sweep"), RECALL_USERS))
     if "quality" in args:
         return quality_table([parse_size(a) for a in args if a != "quality"] or list(QUALITY_SIZES))
     sizes = [parse_size(a) for a in args if a != "recall"] or list(SIZES)
@@ -411,6 +464,9 @@ if __name__ == "__main__":
         print(json.dumps(serve_one(sys.argv[2])))
     elif sys.argv[1:2] == ["--recall"]:  # --recall N [world]
         print(json.dumps(recall_one(int(sys.argv[2]), world=sys.argv[3:4] == ["world"])))
+    elif sys.argv[1:2] == ["--recall-sweep"]:  # --recall-sweep N: one JSON line per (rater_cap, candidates)
+        for row in recall_sweep(int(sys.argv[2])):
+            print(json.dumps(row), flush=True)
     elif sys.argv[1:2] == ["--quality"]:  # --quality N [--keep DIR] [name=value model parameters...]
         rest = sys.argv[3:]
         keep = rest[rest.index("--keep") + 1] if "--keep" in rest else ""
