@@ -21,6 +21,7 @@ Every figure here is a plain formula over arrays, so a test can check it by hand
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -123,14 +124,37 @@ def genre_sets(movies: pd.DataFrame) -> dict[str, frozenset[str]]:
 
 
 def intra_list_diversity(lists: Iterable[Sequence[str]], genres: dict[str, frozenset[str]]) -> float | None:
-    """Mean over lists of the mean 1 − Jaccard(genres) over pairs of listed movies with genres."""
-    per_list = []
-    for lst in lists:
-        known = [genres[m] for m in lst if m in genres]
-        pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1:]]
-        if pairs:
-            per_list.append(float(np.mean([1 - len(a & b) / len(a | b) for a, b in pairs])))
-    return float(np.mean(per_list)) if per_list else None
+    """Mean over lists of the mean 1 − Jaccard(genres) over pairs of listed movies with genres.
+
+    Vectorised (a pipeline at 1M users scores a million lists of 20, 190 pairs each): genres become bit masks
+    in 64-bit words, each pair of list positions is one numpy pass over every list.
+    """
+    lists = [list(lst) for lst in lists]
+    vocab = {g: i for i, g in enumerate(sorted({g for s in genres.values() for g in s}))}
+    width = max((len(lst) for lst in lists), default=0)
+    if not vocab or width < 2:
+        return None
+    movies = list(genres)
+    row = {m: i for i, m in enumerate(movies)}
+    masks = np.zeros((len(movies) + 1, (len(vocab) + 63) // 64), np.uint64)  # last row: no genres known
+    for i, m in enumerate(movies):
+        for g in genres[m]:
+            masks[i, vocab[g] // 64] |= np.uint64(1) << np.uint64(vocab[g] % 64)
+    unknown = len(movies)
+    pos = np.full((len(lists), width), unknown, np.int64)
+    for r, lst in enumerate(lists):  # each list's known movies first, in order (pairs among them only)
+        known = [row[m] for m in lst if m in row]
+        pos[r, : len(known)] = known
+    total, pairs = np.zeros(len(lists)), np.zeros(len(lists))
+    for a, b in itertools.combinations(range(width), 2):
+        both = (pos[:, a] != unknown) & (pos[:, b] != unknown)
+        ma, mb = masks[pos[:, a]], masks[pos[:, b]]
+        inter = np.bitwise_count(ma & mb).sum(axis=1)
+        union = np.bitwise_count(ma | mb).sum(axis=1)
+        total += np.where(both, 1.0 - inter / np.maximum(union, 1), 0.0)
+        pairs += both
+    scored = pairs > 0
+    return float(np.mean(total[scored] / pairs[scored])) if scored.any() else None
 
 
 def short_head(raters: dict[str, int], share: float = HEAD_SHARE) -> set[str]:

@@ -40,6 +40,7 @@ def test_fairness_report_covers_gender_age_and_occupation(report, ml100k):
 # --- the figures of auto_deployment.model.quality, against hand-computed values -------------------
 
 import math  # noqa: E402
+import random  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -83,6 +84,24 @@ def test_intra_list_diversity_is_one_minus_jaccard_over_pairs():
     # list 1: (a,b) 1 - 1/2, (a,c) 1, (b,c) 1 → 5/6; list 2: (a,b) → 1/2; d has no genres
     lists = [["a", "b", "c"], ["a", "b", "d"]]
     assert quality.intra_list_diversity(lists, genres) == pytest.approx((5 / 6 + 1 / 2) / 2)
+
+
+def test_intra_list_diversity_spans_mask_words_and_ragged_lists():
+    """More than 64 genres (two mask words), lists of any length, unknown movies skipped: the pairwise
+    definition, computed the plain way, gives the same figure."""
+    rng = random.Random(7)
+    vocab = [f"g{i}" for i in range(70)]
+    genres = {f"m{i}": frozenset(rng.sample(vocab, rng.randint(1, 5))) for i in range(40)}
+    catalogue = [*genres, "x1", "x2"]  # x1, x2: no genres known
+    lists = [rng.sample(catalogue, rng.randint(0, 20)) for _ in range(60)]
+    per_list = []
+    for lst in lists:
+        known = [genres[m] for m in lst if m in genres]
+        dists = [1 - len(a & b) / len(a | b) for i, a in enumerate(known) for b in known[i + 1:]]
+        if dists:
+            per_list.append(sum(dists) / len(dists))
+    assert quality.intra_list_diversity(lists, genres) == pytest.approx(sum(per_list) / len(per_list))
+    assert quality.intra_list_diversity([["m1"], ["x1", "m2"]], genres) is None  # no list has a pair
 
 
 def test_short_head_gini_and_average_popularity():
