@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from app.clock import now_iso, parse_duration, stamp_id
-from app.contracts.tables import load_tables
+from app.contracts.tables import MODEL_TABLES, load_tables
 from app.files import LockHeld, exclusive_lock, write_json_atomic
 from app.logs import kv
 from app.settings import MySQL, Notify
@@ -329,8 +329,8 @@ class _Run:
         from auto_deployment.monitor import report as pages
 
         current = load_tables(self.staged)
-        reference = load_tables(self.layout.data_dir).ratings if (self.layout.data_dir / "ratings.csv").exists() \
-            else None
+        reference = (load_tables(self.layout.data_dir, ("ratings",)).ratings
+                     if (self.layout.data_dir / "ratings.csv").exists() else None)
         if reference is not None and reference.empty:
             reference = None
         drift = None
@@ -350,7 +350,7 @@ class _Run:
         from auto_deployment.model.evaluate import evaluate
         from auto_deployment.monitor import report as pages
 
-        report = evaluate(load_tables(self.staged), self.o.params)
+        report = evaluate(load_tables(self.staged, MODEL_TABLES), self.o.params)
         summary = pages.evaluation_summary(report, run_id=self.report.run_id)
         self.report.reports.update(pages.write_pair(self.reports_dir, "evaluation", summary,
                                                     pages.evaluation_page(summary)))

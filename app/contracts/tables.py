@@ -60,13 +60,17 @@ def _typed(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_tables(data_dir: Path) -> Tables:
-    """Read the four tables; a missing file is an empty table with the right columns."""
+MODEL_TABLES = ("ratings", "users", "movies")  # what training and evaluation read: not the watches (the largest)
+
+
+def load_tables(data_dir: Path, names: tuple[str, ...] | None = None) -> Tables:
+    """Read the four tables, or only `names` (the others empty: at 1M users the watches alone are 30M rows);
+    a missing file is an empty table with the right columns."""
     out = {}
     columns = {"ratings": RATINGS, "watches": WATCHES, "users": USERS, "movies": MOVIES}
     for name, filename in FILES.items():
         path = Path(data_dir) / filename
-        if path.exists():
+        if path.exists() and (names is None or name in names):
             # only an empty field is missing: a movie titled "nan" or "null" keeps its id
             frame = pd.read_csv(path, dtype={"movie_id": "str"}, keep_default_na=False, na_values=[""])
             missing = [c for c in columns[name] if c not in frame.columns]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.contracts.tables import data_checksum, load_tables
+from app.contracts.tables import MODEL_TABLES, data_checksum, load_tables
 from app.logs import kv
 from app.model import Recommender
 from app.settings import Paths
@@ -32,7 +32,7 @@ def train_bundle(
     metrics: dict[str, Any] | None = None,
 ) -> Recommender:
     """Fit on every rating in `data_dir` and save the bundle to `out_dir` with its metadata."""
-    tables = load_tables(data_dir)
+    tables = load_tables(data_dir, MODEL_TABLES)
     if tables.ratings.empty:
         raise ValueError(f"no ratings in {data_dir}: nothing to train on")
     started = time.perf_counter()
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         params = parse_params(args.param)
         metrics = None
         if args.evaluate:
-            report = evaluate(load_tables(data_dir), params)
+            report = evaluate(load_tables(data_dir, MODEL_TABLES), params)
             metrics = {k: report[k] for k in ("rmse", "mae")}
             metrics["ndcg@20"] = report["ranking"]["ndcg@20"]
         model = train_bundle(data_dir, args.out, args.version, params, metrics)

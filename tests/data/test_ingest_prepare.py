@@ -18,7 +18,7 @@ import pytest
 
 from app.clock import parse_duration
 from app.contracts.events import RateEvent, WatchEvent, format_line
-from app.contracts.tables import RATINGS, USERS, Tables, load_tables, save_tables
+from app.contracts.tables import MODEL_TABLES, RATINGS, USERS, WATCHES, Tables, load_tables, save_tables
 from auto_deployment.data.ingest import (
     FileSource,
     LineSource,
@@ -184,6 +184,16 @@ def test_prepare_ignores_a_torn_tail_past_the_committed_length(tmp_path: Path) -
     tables = load_tables(tmp_path / "data")
     assert list(tables.ratings["movie_id"]) == ["a"]
     assert list(tables.watches["movie_id"]) == ["a"]
+
+
+def test_model_tables_leave_the_watches_unread_but_shaped(tmp_path: Path) -> None:
+    """Training and evaluation read ratings, users and movies only: the watches (the largest table) stay on disk."""
+    ingest_lines([rate(1, 1, "a", 4), watch(2, 1, "b", 0)], tmp_path / "events", tmp_path)
+    prepare(tmp_path / "events", tmp_path / "data")
+    assert list(load_tables(tmp_path / "data").watches["movie_id"]) == ["b"]
+    tables = load_tables(tmp_path / "data", MODEL_TABLES)
+    assert list(tables.ratings["movie_id"]) == ["a"]
+    assert tables.watches.empty and list(tables.watches.columns) == WATCHES
 
 
 def test_undecodable_bytes_nul_and_overlong_lines_are_rejected_without_stopping(tmp_path: Path) -> None:

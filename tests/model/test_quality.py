@@ -142,6 +142,26 @@ def test_a_group_gap_is_flagged_only_when_welch_says_so_after_bonferroni():
     assert same["x"]["p"] == 1.0 and not same["x"]["significant"]
 
 
+def test_sample_users_keeps_whole_users_and_the_same_ones_each_time():
+    from auto_deployment.model.evaluate import sample_users
+
+    test = pd.DataFrame({"user_id": [1, 1, 2, 3, 3, 3, 4, 5], "movie_id": list("abcdefgh")})
+    got = sample_users(test, 2)
+    assert got["user_id"].nunique() == 2
+    for user in got["user_id"].unique():  # every row of a chosen user, none of the others
+        assert (got["user_id"] == user).sum() == (test["user_id"] == user).sum()
+    assert got.equals(sample_users(test, 2))
+    assert sample_users(test, 5).equals(test)
+
+
+def test_ranking_figures_come_from_the_sample_and_rmse_from_every_rating(report, ml100k):
+    small = evaluate(ml100k, progress=False, ranking_users=150)
+    assert small["ranking"]["users"] <= 150 and small["popularity"]["users"] == small["ranking"]["users"]
+    assert report["ranking"]["users"] > 150
+    assert small["rmse"] == pytest.approx(report["rmse"])  # the RMSE split is not sampled
+    assert small["ndcg_lift"] > 1.0  # a sample of 150 users still ranks ours above popularity
+
+
 def test_evaluation_carries_intervals_exposure_and_fairness(report):
     i = report["intervals"]
     assert i["rmse"]["value"] == pytest.approx(report["rmse"])
