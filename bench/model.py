@@ -19,7 +19,13 @@ import numpy as np
 from surprise import SVD, Dataset, KNNBaseline, KNNBasic, Reader
 
 from app.model import Recommender
-from auto_deployment.model.evaluate import popularity_recommender, ranking_report, rating_split, temporal_split
+from auto_deployment.model.evaluate import (
+    popularity_recommender,
+    ranking_report,
+    rating_split,
+    sample_users,
+    temporal_split,
+)
 from bench.table import render
 from simulator.datasets import movielens_100k
 
@@ -44,12 +50,10 @@ def run() -> str:
     tables = movielens_100k()
     ratings = tables.ratings
     sample_size = int(os.environ.get("BENCH_USERS", "300"))
-    rng = np.random.default_rng(0)
     train, test = rating_split(ratings)
     t_train, t_test = temporal_split(ratings)
-    relevant_users = sorted(t_test.loc[t_test.rating >= 4, "user_id"].unique())
-    sample = set(rng.choice(relevant_users, size=min(sample_size, len(relevant_users)), replace=False).tolist())
-    t_test_s = t_test[t_test.user_id.isin(sample)]
+    t_test_s = sample_users(t_test, sample_size, seed=0)
+    sample = set(t_test_s.loc[t_test_s.rating >= 4, "user_id"].tolist())  # the users the rankings score
     movies = sorted(t_train.movie_id.astype(str).unique())
     seen = t_train.groupby("user_id")["movie_id"].apply(set).to_dict()
     n_movies = ratings.movie_id.nunique()

@@ -60,12 +60,17 @@ def _typed(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-MODEL_TABLES = ("ratings", "users", "movies")  # what training and evaluation read: not the watches (the largest)
+# What training and evaluation read: not the watches, the largest table (30M rows at 1M users). A model that
+# starts using watches must be given them here too: unread tables come back empty, not absent.
+MODEL_TABLES = ("ratings", "users", "movies")
 
 
 def load_tables(data_dir: Path, names: tuple[str, ...] | None = None) -> Tables:
-    """Read the four tables, or only `names` (the others empty: at 1M users the watches alone are 30M rows);
-    a missing file is an empty table with the right columns."""
+    """Read the four tables, or only `names` (the others empty, with their columns); a missing file is an
+    empty table with the right columns."""
+    unknown = set(names or ()) - FILES.keys()
+    if unknown:
+        raise ValueError(f"no such table: {sorted(unknown)} (tables: {list(FILES)})")
     out = {}
     columns = {"ratings": RATINGS, "watches": WATCHES, "users": USERS, "movies": MOVIES}
     for name, filename in FILES.items():

@@ -4,7 +4,9 @@
   the number the retraining gate compares with its threshold.
 * precision@20, recall@20, NDCG@20, hit rate@20 and catalogue coverage on a temporal split (per
   user, the last 20% of their ratings by time is the test set; relevant = test rating ≥ 4), for
-  our top-20 and for plain popularity, because a good RMSE says little about a good list.
+  our top-20 and for plain popularity, because a good RMSE says little about a good list. Over at
+  most `RANKING_USERS` users with a relevant test movie (a seeded sample above that: the 1M-user
+  service), as are the exposure figures; the report's ``ranking.users`` says how many.
 * RMSE per gender, age band and occupation, so a model that fails one group is seen.
 * from `auto_deployment.model.quality`: 95 % intervals of RMSE, MAE and NDCG; novelty, intra-list
   diversity and popularity bias of the lists (ours beside popularity); fairness: RMSE and NDCG per
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 TOP_N = 20
 RELEVANT = 4.0
-RANKING_USERS = 100_000  # temporal-test users whose lists are scored (`sample_users`); all of them below
+RANKING_USERS = 100_000  # users with a relevant temporal-test movie whose lists are scored (`sample_users`)
 AGE_BANDS = [(0, 18, "<18"), (18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 56, "45-55"),
              (56, 200, "56+")]
 
@@ -187,8 +189,8 @@ def popularity_recommender(train: pd.DataFrame, n: int = TOP_N,
     """
     counts = train.groupby("movie_id")["rating"].size()
     ranked = counts.reset_index().sort_values(["rating", "movie_id"], ascending=[False, True])["movie_id"].tolist()
-    mine = train if for_users is None else train[train["user_id"].isin(for_users)]
-    seen = mine.groupby("user_id")["movie_id"].apply(set).to_dict()
+    asked = train if for_users is None else train[train["user_id"].isin(for_users)]
+    seen = asked.groupby("user_id")["movie_id"].apply(set).to_dict()
 
     def recommend(user: int) -> list[str]:
         mine = seen.get(user, set())
@@ -204,9 +206,10 @@ def popularity_recommender(train: pd.DataFrame, n: int = TOP_N,
 
 
 def sample_users(test: pd.DataFrame, limit: int, seed: int = 42) -> pd.DataFrame:
-    """The test rows of at most `limit` users drawn without replacement (all of them when fewer): a mean over
-    100,000 users has an interval a few thousandths wide, and lists for a million cost minutes."""
-    users = test["user_id"].unique()
+    """The test rows of at most `limit` of the users `ranking_report` scores (a relevant test movie), drawn
+    without replacement from their sorted ids; every row when there are no more than `limit`. A mean over
+    100,000 users has an interval a few thousandths wide; lists for a million cost minutes."""
+    users = np.sort(test.loc[test["rating"] >= RELEVANT, "user_id"].unique())
     if len(users) <= limit:
         return test
     chosen = np.random.default_rng(seed).choice(users, size=limit, replace=False)
@@ -278,7 +281,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"RMSE {report['rmse']:.4f}   MAE {report['mae']:.4f}"
         f"   (80/20 split, seed 42, {report['n_test']} test ratings)",
         "",
-        f"{'ranking (temporal split)':<26}{'ours':>10}{'popularity':>12}",
+        f"{'ranking (temporal split)':<26}{'ours':>10}{'popularity':>12}"
+        f"   ({report['ranking'].get('users', 0)} users)",
     ]
     for key in report["ranking"]:
         if key == "users":

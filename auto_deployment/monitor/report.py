@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.contracts.tables import REJECTED_COUNTS, Tables, load_tables
+from app.contracts.tables import MODEL_TABLES, REJECTED_COUNTS, Tables, load_tables
 from app.logs import kv
 from app.settings import Paths
 from auto_deployment.data.checks import CheckLimits, ChecksReport, run_checks
@@ -287,7 +287,7 @@ def _evaluation_main(args: argparse.Namespace) -> int:
         if args.source:
             report = json.loads(args.source.read_text())
         else:
-            tables = load_tables(args.data_dir or Paths.from_env().data_dir)
+            tables = load_tables(args.data_dir or Paths.from_env().data_dir, MODEL_TABLES)
             if tables.ratings.empty:
                 print("report evaluation: no ratings to evaluate on", file=sys.stderr)
                 return 2

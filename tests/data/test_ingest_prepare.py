@@ -194,6 +194,8 @@ def test_model_tables_leave_the_watches_unread_but_shaped(tmp_path: Path) -> Non
     tables = load_tables(tmp_path / "data", MODEL_TABLES)
     assert list(tables.ratings["movie_id"]) == ["a"]
     assert tables.watches.empty and list(tables.watches.columns) == WATCHES
+    with pytest.raises(ValueError, match="no such table"):
+        load_tables(tmp_path / "data", ("rating",))  # a typo must not read as an empty table
 
 
 def test_undecodable_bytes_nul_and_overlong_lines_are_rejected_without_stopping(tmp_path: Path) -> None:

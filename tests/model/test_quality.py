@@ -93,7 +93,7 @@ def test_intra_list_diversity_spans_mask_words_and_ragged_lists():
     vocab = [f"g{i}" for i in range(70)]
     genres = {f"m{i}": frozenset(rng.sample(vocab, rng.randint(1, 5))) for i in range(40)}
     catalogue = [*genres, "x1", "x2"]  # x1, x2: no genres known
-    lists = [rng.sample(catalogue, rng.randint(0, 20)) for _ in range(60)]
+    lists = [rng.sample(catalogue, rng.randint(0, 20)) for _ in range(60)] + [["m1", "m2", "m1", "x1", "m3"]]
     per_list = []
     for lst in lists:
         known = [genres[m] for m in lst if m in genres]
@@ -142,22 +142,32 @@ def test_a_group_gap_is_flagged_only_when_welch_says_so_after_bonferroni():
     assert same["x"]["p"] == 1.0 and not same["x"]["significant"]
 
 
-def test_sample_users_keeps_whole_users_and_the_same_ones_each_time():
+def test_sample_users_draws_whole_users_with_a_relevant_movie_the_same_each_time():
     from auto_deployment.model.evaluate import sample_users
 
-    test = pd.DataFrame({"user_id": [1, 1, 2, 3, 3, 3, 4, 5], "movie_id": list("abcdefgh")})
+    test = pd.DataFrame({"user_id": [1, 1, 2, 3, 3, 3, 4, 5, 6], "movie_id": list("abcdefghi"),
+                         "rating": [5, 2, 1, 4, 1, 1, 5, 4, 2]})  # users 2 and 6: nothing relevant (< 4)
     got = sample_users(test, 2)
     assert got["user_id"].nunique() == 2
-    for user in got["user_id"].unique():  # every row of a chosen user, none of the others
+    assert set(got["user_id"]) <= {1, 3, 4, 5}
+    for user in got["user_id"].unique():  # every row of a chosen user
         assert (got["user_id"] == user).sum() == (test["user_id"] == user).sum()
-    assert got.equals(sample_users(test, 2))
-    assert sample_users(test, 5).equals(test)
+    assert got.equals(sample_users(test.sample(frac=1, random_state=3), 2).sort_index())  # row order: no matter
+    assert sample_users(test, 4).equals(test)  # no more relevant users than the limit: every row
+
+
+def test_popularity_lists_for_the_asked_users_are_the_full_ones():
+    from auto_deployment.model.evaluate import popularity_recommender
+
+    train = pd.DataFrame({"user_id": [1, 1, 2, 2, 3, 3, 3], "movie_id": list("abacabd"), "rating": [5] * 7})
+    full, asked = popularity_recommender(train, n=3), popularity_recommender(train, n=3, for_users=[3])
+    assert asked(3) == full(3) == ["c"]  # a (3 raters), b (2), d (1) rated by user 3; c is left
+    assert full(1) == ["c", "d"]
 
 
 def test_ranking_figures_come_from_the_sample_and_rmse_from_every_rating(report, ml100k):
     small = evaluate(ml100k, progress=False, ranking_users=150)
-    assert small["ranking"]["users"] <= 150 and small["popularity"]["users"] == small["ranking"]["users"]
-    assert report["ranking"]["users"] > 150
+    assert small["ranking"]["users"] == 150 < report["ranking"]["users"]
     assert small["rmse"] == pytest.approx(report["rmse"])  # the RMSE split is not sampled
     assert small["ndcg_lift"] > 1.0  # a sample of 150 users still ranks ours above popularity
 
