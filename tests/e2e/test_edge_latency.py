@@ -98,9 +98,16 @@ def send(edge: Edge, users: range) -> list[tuple[int, str, float]]:
     return answers
 
 
-def settled(edge: Edge, total_lines: int) -> list[dict[str, str]]:
-    """`logged` once it holds `total_lines` lines and mtail has read them all (its counts match the log's)."""
-    wait_until(lambda: len(logged(edge)) >= total_lines, what="NGINX's log lines")
+def settled(edge: Edge, live: int, shadow: int) -> list[dict[str, str]]:
+    """`logged` once it holds at least `live` client lines and `shadow` mirror copies, and mtail has read them all
+    (its counts match the log's). The two are counted apart: a copy is logged when it ends, which can be after
+    its client's line and after any other line, so a total alone can be reached with a copy still missing."""
+    def enough() -> bool:
+        lines = logged(edge)
+        copies = sum(1 for line in lines if line["uri"] == edgelog.SHADOW_URI)
+        return copies >= shadow and len(lines) - copies >= live
+
+    wait_until(enough, what="NGINX's log lines")
     lines = logged(edge)
     counts, _ = expected_from_log(lines)
     wait_until(lambda: histogram(edge, "_count") == dict(counts), what="mtail to read every line")
@@ -145,7 +152,7 @@ def test_mtail_counts_what_the_client_sent_per_slot_and_the_shadow_copies_apart(
     assert extra == [200, 400, 404]
     assert all(status == 200 for status, _, _ in answers)
     # each /recommend/ request is mirrored to the canary (shadow.conf), and each copy has its own line
-    lines = settled(edge, n + 3 + n + 1)  # /recommend/x is copied too
+    lines = settled(edge, live=n + 3, shadow=n + 1)  # /recommend/x is copied too
     counts, sums = expected_from_log(lines)
     mtail_counts, mtail_sums = histogram(edge, "_count"), histogram(edge, "_sum")
     topology = edge.stack.topology
@@ -161,9 +168,16 @@ def test_mtail_counts_what_the_client_sent_per_slot_and_the_shadow_copies_apart(
     assert live_roles == client_roles and sum(client_roles.values()) == n
     assert client_roles["canary"] == pytest.approx(n / 5, abs=2)  # the resting 2/2/1 split
 
-    # the shadow copies: only on the canary, under traffic="shadow", one per live request
+    # the shadow copies: only on the canary, under traffic="shadow", one per live request. A copy over the shadow
+    # group's max_conns is NGINX's own 502 with no server (upstream "shadow"), thrown away by design (see
+    # nginx.conf.template): a busy machine sheds a few, which reach no slot and so no slot's series.
+    copies = [line for line in lines if line["uri"] == edgelog.SHADOW_URI]
+    shed = [line for line in copies if ":" not in edgelog.last(line["upstream"])]
+    assert len(copies) == n + 1 and all(line["status"] == "502" for line in shed) and len(shed) <= n // 10
+    reached = Counter("4xx" if line["request"].startswith("GET /recommend/x ") else "2xx"
+                      for line in copies if line not in shed)  # /recommend/x is copied too, and answered 400
     shadow = {key: value for key, value in mtail_counts.items() if key[1] == "shadow"}
-    assert shadow == {(canary, "shadow", "2xx", "recommend"): n, (canary, "shadow", "4xx", "recommend"): 1}  # + x
+    assert shadow == {(canary, "shadow", status_class, "recommend"): k for status_class, k in reached.items()}
     assert mtail_counts[(canary, "live", "2xx", "recommend")] == client_roles["canary"]
 
     # per slot, traffic and class: mtail's histogram is the log, counts exactly and sums to the log's ms precision
@@ -216,12 +230,13 @@ def test_the_release_latency_figures_are_the_nginx_side_averages_per_role(edge: 
 
     # batch A makes the series exist; once Prometheus holds all of A, batch B is what a window after it sees
     send(edge, range(1, 31))
-    lines_a = settled(edge, 30 + 30)  # 30 answers, 30 copies
+    lines_a = settled(edge, live=30, shadow=30)  # 30 answers, 30 copies
     read_a = time.time()
     t0 = wait_until(lambda: _scraped(stack.prometheus_url, canary_sel, canary_answers(lines_a), read_a), timeout=30,
                     what="Prometheus to scrape batch A")
     send(edge, range(31, 91))
-    lines = settled(edge, len(lines_a) + 60 + 60)
+    copies_a = sum(1 for line in lines_a if line["uri"] == edgelog.SHADOW_URI)
+    lines = settled(edge, live=len(lines_a) - copies_a + 60, shadow=copies_a + 60)
     batch_b = lines[len(lines_a):]
     read_b = time.time()
     t_b = wait_until(lambda: _scraped(stack.prometheus_url, canary_sel, canary_answers(lines), read_b), timeout=30,
