@@ -252,13 +252,15 @@ def test_a_release_in_the_pipeline_container_moves_nginx_weights_through_the_rel
                               timeout=300, what="the release's router starting a shadow step")
         assert _canary_share(compose_stack, 100) == 0.0
         query = 'sum(recommend_requests_total{slot="canary",traffic="shadow"})'
+        # a copy over the shadow group's max_conns is NGINX's own 502, thrown away by design (nginx.conf.template):
+        # a loaded machine sheds a few, as test_edge_latency counts; at most a tenth here
         deadline, copies = time.monotonic() + 60, 0.0
-        while time.monotonic() < deadline and copies < 100:
+        while time.monotonic() < deadline and copies < 90:
             result = requests.get(f"{compose_stack.url('prometheus')}/api/v1/query", params={"query": query},
                                   timeout=5).json()["data"]["result"]
             copies = float(result[0]["value"][1]) if result else 0.0
             time.sleep(2)
-        assert copies >= 100
+        assert copies >= 90
     finally:  # the resting 80/20 for the other tests
         compose_stack.compose("run", "--rm", "--no-deps", "pipeline", "python", "-c", _ROUTE, "0.2", "live",
                               timeout=300, what="the router putting the resting split back")
