@@ -14,7 +14,9 @@ The last rows are the growth exponents of train time and peak RSS against rating
 between consecutive sizes; 1 = linear). A separate table measures neighbour recall against the exact
 neighbours (``rater_cap=0, candidates=0``: every co-rater scored, cost ~ users²) on `RECALL_USERS` users.
 `python -m bench scale sweep [N]` prints recall and fit seconds against the candidate rule's two knobs
-(``rater_cap``, ``candidates``) on an N-user world (default 20k).
+(``rater_cap``, ``candidates``) on an N-user world (default 20k). `python -m bench scale sample [N]` measures
+the recall at the real size (default 1M), where no exact fit of everyone is possible: against the exact
+neighbours of `SAMPLE_USERS` sampled users only (`sample_recall`).
 
 `python -m bench scale quality 20k 100k 1M` measures quality against the world's true tastes instead: per size a
 world from `simulator.world_scale` (~20 ratings per user), the model `Recommender.train` picks, and NDCG@20
@@ -249,6 +251,48 @@ def recall_sweep(n_users: int, settings: tuple[tuple[int, int], ...] = SWEEP) ->
     return rows
 
 
+SAMPLE_USERS = 2_000  # users whose exact neighbours are computed at a size where the exact fit is out of reach
+SAMPLE_SETTINGS = ((0, 0), (1_000, 1_500), (2_000, 2_000))  # (0, 0): the defaults
+
+
+def sample_recall(n_users: int, sample: int = SAMPLE_USERS,
+                  settings: tuple[tuple[int, int], ...] = SAMPLE_SETTINGS) -> list[dict[str, float]]:
+    """Recall of the capped fit at the real size, against the exact neighbours of a seeded sample of users.
+
+    The exact fit of a million users is ~users² work (hours, and memory beyond this machine), but the exact
+    neighbours of a few thousand users cost only their co-raters (`fit_sparse_knn.exact_neighbours_of`).
+    ``(rater_cap, candidates)``, (0, 0) meaning the defaults. One fit each, fit seconds included.
+    """
+    import numpy as np
+
+    from app.recommender import fit_sparse_knn
+    from app.recommender.sparse_knn import SparseUserKNN
+
+    frame = _recall_frame(n_users, world=True)
+    p = SparseUserKNN.default_params()
+    fit_sparse_knn.fit(frame.iloc[: len(frame) // 50], p)  # warm-up: imports, compilation; not counted
+    rows, exact = [], None
+    for cap, cands in settings:
+        knobs = {"rater_cap": cap, "candidates": cands} if cap else {}
+        started = time.perf_counter()
+        got = fit_sparse_knn.fit(frame, {**p, **knobs})
+        seconds = time.perf_counter() - started
+        if exact is None:  # same frame, same inner ids and baselines whatever the knobs
+            users = np.sort(np.random.default_rng(0).choice(len(got.user_ids), min(sample, len(got.user_ids)),
+                                                            replace=False))
+            started = time.perf_counter()
+            exact = fit_sparse_knn.exact_neighbours_of(got, p, users)
+            exact_s = time.perf_counter() - started
+        approx = {"nb": got.fields["nb"][users], "rank_nb_idx": got.fields["rank_nb_idx"][users],
+                  "rank_nb_w": got.fields["rank_nb_w"][users]}
+        rows.append({"users": n_users, "sample": len(users), "rater_cap": int({**p, **knobs}["rater_cap"]),
+                     "candidates": int({**p, **knobs}["candidates"]), "fit_s": seconds, "exact_sample_s": exact_s,
+                     **neighbour_recall(exact, approx), "sim_captured": sim_captured(exact["nb"], approx["nb"]),
+                     "peak_mb": _peak_mb()})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def _served(model: Any, world: Any, users: Any) -> Any:
     """(users, 20) world movie rows, -1 padded: the list the server returns to each raw user id."""
     import numpy as np
@@ -403,7 +447,27 @@ def sweep_table(n_users: int = RECALL_USERS) -> str:
     )
 
 
+def sample_table(n_users: int, sample: int = SAMPLE_USERS) -> str:
+    """`bench scale sample N [S]`: `sample_recall` in a fresh process, as a table."""
+    out = subprocess.run([sys.executable, "-m", "bench.scale", "--sample-recall", str(n_users), str(sample)],
+                         capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return render(
+        f"Neighbour recall at {n_users:,} users, against the exact neighbours of {rows[0]['sample']:,} sampled users",
+        ["rater_cap", "candidates", "fit s", "estimate-neighbour recall", "ranking-neighbour recall",
+         "similarity captured", "exact neighbours per sampled user", "peak RSS MB"],
+        [[r["rater_cap"], r["candidates"], r["fit_s"], r["est_recall"], r["rank_recall"], r["sim_captured"],
+          r["est_per_user"], r["peak_mb"]] for r in rows],
+        note=f"World generator's ratings. Fit = fit_sparse_knn.fit, one run each after a warm-up, in one process; "
+             f"the first row is the defaults. Exact neighbours of the sample (every co-rater scored): "
+             f"{rows[0]['exact_sample_s']:.0f} s. Recall over the sampled users only.",
+    )
+
+
 def run(args: list[str] | tuple[str, ...] = ()) -> str:
+    if "sample" in args:
+        sizes = [parse_size(a) for a in args if a != "sample"]
+        return sample_table(*(sizes or [1_000_000]))
     if "sweep" in args:
         return sweep_table(next((parse_size(a) for a in args if a != "sweep"), RECALL_USERS))
     if "quality" in args:
@@ -472,6 +536,9 @@ if __name__ == "__main__":
         print(json.dumps(serve_one(sys.argv[2])))
     elif sys.argv[1:2] == ["--recall"]:  # --recall N [world]
         print(json.dumps(recall_one(int(sys.argv[2]), world=sys.argv[3:4] == ["world"])))
+    elif sys.argv[1:2] == ["--sample-recall"]:  # --sample-recall N S: one JSON line per setting
+        for row in sample_recall(int(sys.argv[2]), int(sys.argv[3])):
+            print(json.dumps(row))
     elif sys.argv[1:2] == ["--recall-sweep"]:  # --recall-sweep N: one JSON line per (rater_cap, candidates)
         for row in recall_sweep(int(sys.argv[2])):
             print(json.dumps(row), flush=True)

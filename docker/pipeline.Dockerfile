@@ -28,6 +28,7 @@ FROM ${PYTHON_IMAGE}
 # scheduler (an arbitrary uid runs with gid 0) replaces upstream.conf, which model-init wrote, by rename;
 # NGINX's workers cannot write there. docker/nginx-run.sh applies the same mode to older volumes.
 # git: the version stage commits and DVC tracks data/ and models/ in a repository (MOVIEREC_REPO_DIR).
+# NUMBA_CACHE_DIR: the sparse fit's compiled loop is cached where any uid can write (the code is read-only).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/* \
@@ -39,6 +40,7 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     PYTHONPATH=/opt/movierec \
     MOVIEREC_DATA_DIR=/srv/data \
     MOVIEREC_MODELS_DIR=/srv/models \

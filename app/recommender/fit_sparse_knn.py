@@ -13,8 +13,9 @@ Only `Recommender.train` imports this module (through the registry's ``fitter``)
   - ``rater_cap`` 0 (`_all_co_raters`): every pair who co-rated something, from the sparse products
     ``B·Bᵀ``, ``E·Eᵀ``, ``E²·Bᵀ``, ``B·E²ᵀ`` (E the baseline residuals, B who rated what): the exact top-k,
     but a blockbuster makes nearly all pairs co-raters, so the cost grows ~users² (measured n^1.9);
-  - ``rater_cap`` > 0, the default (`_capped_candidates`): candidates from movies' capped rater lists,
-    ``candidates`` per user re-scored exactly: cost ~ ratings (its docstring says why this method).
+  - ``rater_cap`` > 0, the default (`_capped_neighbours`): candidates from movies' capped rater lists,
+    ``candidates`` per user re-scored exactly, in a compiled loop per user: cost ~ ratings (its docstring
+    says why this method, and why numba).
 * per user, the ``neighbours`` most similar (pearson_baseline > 0) for the estimate, and the
   ``rank_neighbours`` best by cosine(co-rated) × max(0, pearson_baseline) for the ranking, as
   `fit_knn.ranking_neighbours` picks them from the dense matrix.
@@ -27,6 +28,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -37,8 +39,7 @@ from app.recommender.base import Fit
 log = logging.getLogger(__name__)
 
 BLOCK_PAIRS = 4_000_000  # co-rating pairs per row block: bounds a block's memory (~ 40 bytes a pair per product)
-DENSE_ROWS = 512  # users per re-scoring block: their ratings as two dense rows of the catalogue (~2·8·movies B each)
-RESCORE_PAIRS = 250_000  # candidate pairs re-scored at once (~20 ratings each, a few arrays of that length)
+CHUNK_USERS = 65_536  # users per `_capped_kernel` call: their top-k arrays (k·12 B each) before compacting
 
 
 def fit(frame: pd.DataFrame, p: dict[str, Any]) -> Fit:
@@ -74,6 +75,13 @@ def fit(frame: pd.DataFrame, p: dict[str, Any]) -> Fit:
     )
 
 
+def exact_neighbours_of(fitted: Fit, p: dict[str, Any], users: np.ndarray) -> dict[str, Any]:
+    """The exact ``nb``, ``rank_nb_idx`` and ``rank_nb_w`` rows of the inner ids `users` (sorted) of a `fit`."""
+    f = fitted.fields
+    nb, rank_idx, rank_w = neighbours(fitted.user_items, f["global_mean"], f["bu"], f["bi"], p, only=users)
+    return {"nb": nb, "rank_nb_idx": rank_idx, "rank_nb_w": rank_w}
+
+
 def als_baselines(users: np.ndarray, items: np.ndarray, r: np.ndarray, n_users: int, n_items: int, gm: float,
                   p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Surprise's ``baseline_als``: alternate item then user deviations, regularised, `bsl_epochs` times."""
@@ -88,12 +96,16 @@ def als_baselines(users: np.ndarray, items: np.ndarray, r: np.ndarray, n_users: 
     return bu, bi
 
 
-def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.ndarray,
-               p: dict[str, Any]) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.ndarray, p: dict[str, Any],
+               only: np.ndarray | None = None) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
     """Each user's estimate neighbours (CSR, pearson_baseline > 0) and ranking neighbours (k-wide arrays).
 
-    Pairs come in row blocks from `_all_co_raters` (``rater_cap`` 0: exact, cost ratings × co-raters) or
-    `_capped_candidates` (cost ratings × ``rater_cap``); either way each pair's statistics are exact.
+    `only` (sorted inner ids): the exact neighbours of those users alone, one row each, whatever ``rater_cap``
+    says: what the capped path is measured against at a size where the exact fit of everyone is out of reach.
+
+    Pairs come from `_capped_neighbours` (``rater_cap`` > 0, cost ratings × ``rater_cap``) or in row blocks from
+    `_all_co_raters` (``rater_cap`` 0: exact, cost ratings × co-raters); either way each pair's statistics are
+    exact, and both pick the same way (ties to the lower column), so where they score the same pairs they agree.
     """
     n = user_items.shape[0]
     k_est, k_rank = int(p["neighbours"]), max(1, min(int(p["rank_neighbours"]), n - 1))  # as fit_knn
@@ -106,15 +118,21 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
     counts = np.diff(binary.indptr).astype(float)
     norms = np.sqrt(counts)
     norms[norms == 0] = 1.0
-    blocks = (_capped_candidates(binary, resid, int(p["rater_cap"]), int(p["candidates"]))
-              if int(p["rater_cap"]) > 0 else _all_co_raters(binary, resid, int(p["candidates"])))
+    if int(p["rater_cap"]) > 0 and only is None:
+        nb, rank_idx, rank_w, n_pairs = _capped_neighbours(binary, resid, norms, int(p["rater_cap"]),
+                                                           int(p["candidates"]), shrinkage, k_est, k_rank)
+        log.debug("sparse neighbours", extra={"users": n, "stored": nb.nnz, "blocks": 1, "pairs": n_pairs})
+        return nb, rank_idx, rank_w
+    row_ids = np.arange(n) if only is None else np.asarray(only, np.int64)
+    blocks = _all_co_raters(binary, resid, int(p["candidates"]) if only is None else 0, row_ids)
+    n_rows = len(row_ids)
 
-    est_count, est_cols, est_vals = np.zeros(n, np.int64), [], []  # straight into CSR: ~12 bytes a neighbour
-    rank_idx = np.zeros((n, k_rank), np.int32)
-    rank_w = np.zeros((n, k_rank), float)
+    est_count, est_cols, est_vals = np.zeros(n_rows, np.int64), [], []  # straight into CSR: ~12 B a neighbour
+    rank_idx = np.zeros((n_rows, k_rank), np.int32)
+    rank_w = np.zeros((n_rows, k_rank), float)
     n_blocks = n_pairs = 0
     # minutes at 1M users: a person running it sees how far it is (tqdm stays quiet off a terminal)
-    progress = tqdm(total=n, unit="user", desc="neighbours", disable=None, leave=False)
+    progress = tqdm(total=n_rows, unit="user", desc="neighbours", disable=None, leave=False)
     for start, rows, cols, f, prods, sqi, sqj in blocks:
         n_blocks, n_pairs = n_blocks + 1, n_pairs + len(rows)
         progress.update(start - progress.n)
@@ -133,7 +151,7 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
         est_vals.append(ev[o])
 
         # ranking weight, in fit_knn.ranking_neighbours' order of operations (so lists agree bit for bit)
-        w = (f / norms[rows + start] / norms[cols]) * np.clip(pb, 0.0, None)
+        w = (f / norms[row_ids[rows + start]] / norms[cols]) * np.clip(pb, 0.0, None)
         wp = w > 0
         r2, c2, w2 = rows[wp], cols[wp], w[wp]
         top = _top_per_row(r2, c2, w2, k_rank)
@@ -145,12 +163,12 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
         rank_idx[r2[fits] + start, rank[fits]] = c2[fits]
         rank_w[r2[fits] + start, rank[fits]] = w2[fits]
 
-    progress.update(n - progress.n)
+    progress.update(n_rows - progress.n)
     progress.close()
     indptr = np.concatenate([[0], np.cumsum(est_count)])
     nb = sparse.csr_matrix(
         (np.concatenate([np.zeros(0), *est_vals]), np.concatenate([np.zeros(0, np.int32), *est_cols]), indptr),
-        shape=(n, n),
+        shape=(n_rows, n),
     )
     log.debug("sparse neighbours", extra={"users": n, "stored": nb.nnz, "blocks": n_blocks, "pairs": n_pairs})
     return nb, rank_idx, rank_w
@@ -160,29 +178,33 @@ Block = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, n
 # local, ascending), cols, co-ratings f, Σ e_u·e_v, Σ e_u², Σ e_v² over the common movies (e: baseline residuals)
 
 
-def _row_blocks(pairs_per_row: np.ndarray, budget: float, max_rows: int | None = None) -> list[int]:
+def _row_blocks(pairs_per_row: np.ndarray, budget: float) -> list[int]:
     """Row bounds so each block holds about `budget` pairs (a block's memory is ~40 bytes a pair per array)."""
     ends = np.cumsum(pairs_per_row)
     bounds = [0]
     while bounds[-1] < len(ends):
         before = ends[bounds[-1] - 1] if bounds[-1] else 0.0
         stop = max(int(np.searchsorted(ends, before + budget, side="right")), bounds[-1] + 1)
-        bounds.append(min(stop, bounds[-1] + max_rows) if max_rows else stop)
+        bounds.append(stop)
     return bounds
 
 
-def _all_co_raters(binary: sparse.csr_matrix, resid: sparse.csr_matrix, candidates: int) -> Iterator[Block]:
-    """Every pair with a common movie (f ≥ 2), statistics from the block's sparse products: exact, cost Σ n_i²."""
+def _all_co_raters(binary: sparse.csr_matrix, resid: sparse.csr_matrix, candidates: int,
+                   row_ids: np.ndarray) -> Iterator[Block]:
+    """Every pair of a user in `row_ids` (blocks of that list) with a common movie (f ≥ 2), statistics from the
+    block's sparse products: exact, cost Σ n_i² over everyone."""
     n = binary.shape[0]
     resid2 = resid.multiply(resid).tocsr()
     bt, et, e2t = binary.T.tocsr(), resid.T.tocsr(), resid2.T.tocsr()
+    if len(row_ids) < n:
+        binary, resid, resid2 = binary[row_ids], resid[row_ids], resid2[row_ids]
     bounds = _row_blocks(binary @ np.diff(bt.indptr).astype(float), BLOCK_PAIRS)  # co-raters per user (bound)
     for start, stop in itertools.pairwise(bounds):
         freq = (binary[start:stop] @ bt).tocsr()
         freq.sort_indices()
         rows = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(freq.indptr))
         cols, f = freq.indices.astype(np.int64), freq.data
-        keep = (rows + start != cols) & (f >= 2)  # Surprise: fewer than 2 common items → similarity 0
+        keep = (row_ids[rows + start] != cols) & (f >= 2)  # Surprise: fewer than 2 common items → similarity 0
         if candidates > 0:  # pruning: only the most co-rated users get the exact re-scoring
             keep &= _top_per_row(rows, cols, np.where(keep, f, -1.0), candidates)
         rows, cols, f = rows[keep], cols[keep], f[keep]
@@ -191,9 +213,10 @@ def _all_co_raters(binary: sparse.csr_matrix, resid: sparse.csr_matrix, candidat
                _on_pattern(keys, resid2[start:stop] @ bt, n), _on_pattern(keys, binary[start:stop] @ e2t, n))
 
 
-def _capped_candidates(binary: sparse.csr_matrix, resid: sparse.csr_matrix, cap: int,
-                       candidates: int) -> Iterator[Block]:
-    """Candidate pairs from movies' capped rater lists, then each candidate's exact statistics: cost ~ ratings.
+def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norms: np.ndarray, cap: int,
+                       candidates: int, shrinkage: float, k_est: int,
+                       k_rank: int) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray, int]:
+    """Candidate pairs from movies' capped rater lists, each re-scored exactly: cost ~ ratings · `cap`.
 
     Why this and not an ANN index over user vectors: pearson_baseline with shrinkage ranks a pair mostly by
     how many movies it co-rated (f) and how well it agrees on them; a low-dimensional embedding keeps
@@ -201,9 +224,12 @@ def _capped_candidates(binary: sparse.csr_matrix, resid: sparse.csr_matrix, cap:
     Σ n_i² (nearly all pairs share one); but a pair sharing many movies usually shares a rarer one too. So
     each movie lends pairs among at most `cap` of its raters, chosen as those for whom it is among their
     rarest movies (the prefix-filtering idea of all-pairs similarity search); rare movies keep all theirs.
-    Per user the `candidates` users sharing most of those movies are re-scored exactly (`_pair_stats`).
-    Cost ≤ ratings·cap products, then users·candidates·(ratings per user); deterministic. bench/scale.py
-    measures the time and the neighbour recall against the exact path.
+    Per user the `candidates` users sharing most of those movies are re-scored exactly.
+
+    The per-user work runs in `_capped_kernel` (numba): numpy needed a dozen passes over ~users·candidates
+    pair arrays (lexsorts, repeats, gathers) and spent 4/5 of its time there; one compiled loop per user with
+    a dense counter and a dense row of residuals does it in one pass, on every core. bench/scale.py measures
+    the time and the neighbour recall against the exact path. Returns (nb, rank_idx, rank_w, pairs scored).
     """
     n, n_items = binary.shape
     rows_all = np.repeat(np.arange(n, dtype=np.int64), np.diff(binary.indptr))
@@ -216,77 +242,139 @@ def _capped_candidates(binary: sparse.csr_matrix, resid: sparse.csr_matrix, cap:
     rank[o] = np.arange(len(o)) - binary.indptr[rows_all[o]]
     tie = np.random.default_rng(0).permutation(n)[rows_all]
     o = np.lexsort((tie, rank, items_all))
-    del rank, tie
+    del rank
     pos = np.arange(len(o)) - np.searchsorted(items_all[o], items_all[o])
-    kept = o[pos < cap]
-    del o, pos
-    cand = sparse.csr_matrix((np.ones(len(kept), np.float32), (rows_all[kept], items_all[kept])), shape=binary.shape)
-    cand_t = cand.T.tocsr()
-    bounds = _row_blocks(cand @ np.diff(cand_t.indptr).astype(float), BLOCK_PAIRS, DENSE_ROWS)
-    dense_e = np.zeros((max(b - a for a, b in itertools.pairwise(bounds)), n_items))  # one block's rows, dense
-    for start, stop in itertools.pairwise(bounds):
-        c = (cand[start:stop] @ cand_t).tocsr()
-        rows = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(c.indptr))
-        cols, shared = c.indices.astype(np.int64), c.data.astype(np.int64)
-        keep = rows + start != cols
-        rows, cols, shared = rows[keep], cols[keep], shared[keep]
-        if candidates > 0:
-            keep = _most_per_row(rows, shared, candidates, stop - start)
-            rows, cols = rows[keep], cols[keep]
-        lo, hi = binary.indptr[start], binary.indptr[stop]
-        local = rows_all[lo:hi] - start
-        # u's residuals as a dense row; a rated movie whose residual is exactly 0 stores 1e-300 so "rated" stays
-        # readable from the value alone (it changes no sum by more than 1e-300)
-        dense_e[local, items_all[lo:hi]] = np.where(resid.data[lo:hi] == 0.0, 1e-300, resid.data[lo:hi])
-        f, prods, sqi, sqj = _pair_stats(binary, resid, dense_e, rows, cols)
-        dense_e[local, items_all[lo:hi]] = 0.0  # reset only what was set: cost ~ the block's ratings
-        good = f >= 2  # Surprise: fewer than 2 common items → similarity 0
-        yield start, rows[good], cols[good], f[good], prods[good], sqi[good], sqj[good]
+    kept = o[pos < cap]  # grouped by movie, each movie's raters in that pseudo-random order
+    del o, pos, tie
+    t_indptr = np.concatenate([[0], np.cumsum(np.bincount(items_all[kept], minlength=n_items))])
+    t_indices = rows_all[kept].astype(np.int32)  # movie → its capped raters
+    kept.sort()  # user → the movies whose capped lists hold them (ratings are grouped by user, movies sorted)
+    c_indptr = np.concatenate([[0], np.cumsum(np.bincount(rows_all[kept], minlength=n))])
+    c_indices = items_all[kept].astype(np.int32)
+    del kept, rows_all, items_all
+
+    est_count, est_cols, est_vals = np.zeros(n, np.int64), [], []
+    rank_idx = np.zeros((n, k_rank), np.int32)
+    rank_w = np.zeros((n, k_rank), float)
+    pairs = 0
+    progress = tqdm(total=n, unit="user", desc="neighbours", disable=None, leave=False)
+    for lo in range(0, n, CHUNK_USERS):
+        hi = min(n, lo + CHUNK_USERS)
+        cnt = np.zeros(hi - lo, np.int64)
+        cols = np.zeros((hi - lo, k_est), np.int32)
+        vals = np.zeros((hi - lo, k_est))
+        pairs += _capped_kernel(lo, hi, binary.indptr, binary.indices, resid.data, c_indptr, c_indices,
+                                t_indptr, t_indices, n_items, norms, candidates, shrinkage, cnt, cols, vals,
+                                rank_idx, rank_w, 8 * numba.get_num_threads())
+        est_count[lo:hi] = cnt
+        keep = np.arange(k_est) < cnt[:, None]  # each row's neighbours first, columns ascending
+        est_cols.append(cols[keep])
+        est_vals.append(vals[keep])
+        progress.update(hi - lo)
+    progress.close()
+    indptr = np.concatenate([[0], np.cumsum(est_count)])
+    nb = sparse.csr_matrix((np.concatenate([np.zeros(0), *est_vals]),
+                            np.concatenate([np.zeros(0, np.int32), *est_cols]), indptr), shape=(n, n))
+    return nb, rank_idx, rank_w, pairs
 
 
-def _most_per_row(rows: np.ndarray, count: np.ndarray, k: int, n_rows: int) -> np.ndarray:
-    """Mask of `k` entries per row with the highest small-integer `count`, without sorting them all.
+@numba.njit(cache=True, nogil=True)
+def most_shared(touched: np.ndarray, count: np.ndarray, k: int) -> np.ndarray:
+    """The `k` users of `touched` with the highest `count` (indexed by user); ties at the cut in `touched` order."""
+    if k <= 0 or len(touched) <= k:
+        return touched.copy()
+    top = 0
+    for v in touched:
+        top = max(top, count[v])
+    hist = np.zeros(top + 2, np.int64)
+    for v in touched:
+        hist[count[v]] += 1
+    above, cut = 0, top + 1  # above: how many have count ≥ cut, the lowest count whose users all fit
+    while cut > 1 and above + hist[cut - 1] <= k:
+        cut -= 1
+        above += hist[cut]
+    room = k - above  # the first `room` users with count == cut - 1 fill the rest
+    out = np.empty(k, touched.dtype)
+    got = 0
+    for v in touched:
+        c = count[v]
+        if c >= cut or (c == cut - 1 and room > 0):
+            if c < cut:
+                room -= 1
+            out[got] = v
+            got += 1
+    return out[:got]
 
-    `rows` ascending; ties at the cut go by position in the row (scipy's product order: deterministic).
-    """
-    width = int(count.max()) + 2 if len(count) else 2
-    hist = np.bincount(rows * width + count, minlength=n_rows * width).reshape(n_rows, width)
-    at_least = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # at_least[r, c]: entries of row r with count ≥ c
-    # per row, the lowest count t whose "≥ t" still fits in k; entries at t - 1 fill the rest in row order
-    t = (at_least <= k).argmax(axis=1)
-    keep = count >= t[rows]
-    edge = np.flatnonzero(count == t[rows] - 1)
-    if len(edge):
-        room = k - at_least[np.arange(n_rows), t]
-        er = rows[edge]
-        nth = np.arange(len(edge)) - np.searchsorted(er, er)
-        keep[edge[nth < room[er]]] = True
-    return keep
 
-
-def _pair_stats(binary: sparse.csr_matrix, resid: sparse.csr_matrix, dense_e: np.ndarray, rows: np.ndarray,
-                cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per pair (block row u, user v): common movies f, Σ e_u·e_v, Σ e_u², Σ e_v², walking v's ratings (sparse)
-    against u's dense row (`dense_e`, 0 where u did not rate), `RESCORE_PAIRS` pairs at a time."""
-    out = [np.zeros(len(rows)) for _ in range(4)]
-    width = dense_e.shape[1]
-    flat_e = dense_e.ravel()
-    for lo in range(0, len(rows), RESCORE_PAIRS):
-        r, c = rows[lo:lo + RESCORE_PAIRS], cols[lo:lo + RESCORE_PAIRS]
-        starts = binary.indptr[c]
-        lengths = binary.indptr[c + 1] - starts
-        ends = np.cumsum(lengths)
-        offsets = np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
-        m = len(r)
-        eu = flat_e[np.repeat(r * width, lengths) + binary.indices[offsets]]
-        hit = np.flatnonzero(eu)  # the few of v's movies u rated too: everything after runs on those only
-        eu, ev = eu[hit], resid.data[offsets[hit]]
-        pair = np.searchsorted(ends, hit, side="right")
-        out[0][lo:lo + m] = np.bincount(pair, minlength=m)
-        out[1][lo:lo + m] = np.bincount(pair, eu * ev, m)
-        out[2][lo:lo + m] = np.bincount(pair, eu * eu, m)
-        out[3][lo:lo + m] = np.bincount(pair, ev * ev, m)
-    return out[0], out[1], out[2], out[3]
+@numba.njit(parallel=True, cache=True)
+def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, resid: np.ndarray,
+                   c_indptr: np.ndarray, c_indices: np.ndarray, t_indptr: np.ndarray, t_indices: np.ndarray,
+                   n_items: int, norms: np.ndarray, candidates: int, shrinkage: float, est_cnt: np.ndarray,
+                   est_col: np.ndarray, est_val: np.ndarray, rank_idx: np.ndarray, rank_w: np.ndarray,
+                   slices: int) -> int:
+    """Users lo..hi: candidates by shared capped movies (`most_shared`), exact pearson_baseline for each, then
+    the top ``est_col.shape[1]`` by it (columns ascending) and the top ``rank_idx.shape[1]`` by the ranking
+    weight (best first), both with ties to the lower column, in `neighbours`' order of operations. `slices`:
+    runs of users, each with its own scratch arrays, shared among the threads."""
+    n = len(indptr) - 1
+    k_est, k_rank = est_col.shape[1], rank_idx.shape[1]
+    step = (hi - lo + slices - 1) // slices
+    scored = np.zeros(slices, np.int64)
+    for s in numba.prange(slices):
+        count = np.zeros(n, np.int32)  # per slice: shared capped movies with the current user
+        touched = np.empty(n, np.int32)
+        dense = np.zeros(n_items)  # the current user's residuals; 1e-300 stands for a rated 0 (changes no sum)
+        for u in range(lo + s * step, min(hi, lo + (s + 1) * step)):
+            nt = 0
+            for q in range(c_indptr[u], c_indptr[u + 1]):
+                i = c_indices[q]
+                for r in range(t_indptr[i], t_indptr[i + 1]):
+                    v = t_indices[r]
+                    if v != u:
+                        if count[v] == 0:
+                            touched[nt] = v
+                            nt += 1
+                        count[v] += 1
+            cand = np.sort(most_shared(touched[:nt], count, candidates))  # column order: ties go to the lower
+            for t in range(nt):
+                count[touched[t]] = 0
+            for q in range(indptr[u], indptr[u + 1]):
+                dense[indices[q]] = resid[q] if resid[q] != 0.0 else 1e-300
+            m = len(cand)
+            scored[s] += m
+            pb = np.zeros(m)
+            w = np.zeros(m)
+            for t in range(m):
+                v = cand[t]
+                f = prods = sqi = sqj = 0.0
+                for q in range(indptr[v], indptr[v + 1]):
+                    eu = dense[indices[q]]
+                    if eu != 0.0:
+                        ev = resid[q]
+                        f += 1.0
+                        prods += eu * ev
+                        sqi += eu * eu
+                        sqj += ev * ev
+                if f < 2:  # Surprise: fewer than 2 common items → similarity 0
+                    continue
+                den = np.sqrt(sqi * sqj)
+                x = prods / den if den > 0 else 0.0
+                x *= (f - 1) / (f - 1 + shrinkage)
+                pb[t] = x
+                w[t] = (f / norms[u] / norms[v]) * max(x, 0.0)
+            for q in range(indptr[u], indptr[u + 1]):
+                dense[indices[q]] = 0.0
+            pos = np.flatnonzero(pb > 0)
+            best = pos[np.argsort(-pb[pos], kind="mergesort")[:k_est]]  # stable: equal values keep column order
+            best.sort()
+            est_cnt[u - lo] = len(best)
+            est_col[u - lo, :len(best)] = cand[best]
+            est_val[u - lo, :len(best)] = pb[best]
+            pos = np.flatnonzero(w > 0)
+            best = pos[np.argsort(-w[pos], kind="mergesort")[:k_rank]]
+            rank_idx[u, :len(best)] = cand[best]
+            rank_w[u, :len(best)] = w[best]
+    return scored.sum()
 
 
 def _top_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:

@@ -45,7 +45,7 @@ class SparseUserKNN(Recommender):
     PARAMS: ClassVar[dict[str, Any]] = {
         **UserKNN.PARAMS,
         "neighbours": 200,  # stored per user for the estimate (memory n·k): the k raters used come from these
-        # Candidate pairs (fit_sparse_knn._capped_candidates): each movie lends pairs among at most `rater_cap`
+        # Candidate pairs (fit_sparse_knn._capped_neighbours): each movie lends pairs among at most `rater_cap`
         # of its raters (0: all of them, the exact top-k at a cost ~ users²), and per user the `candidates`
         # users sharing most such movies are re-scored exactly (0: all). Cost ~ ratings·rater_cap.
         "rater_cap": 200,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
 
 from app.model import Recommender
-from app.recommender import SparseUserKNN, base
-from app.recommender.fit_sparse_knn import _most_per_row
+from app.recommender import SparseUserKNN, base, fit_sparse_knn
+from app.recommender.fit_sparse_knn import exact_neighbours_of, most_shared
 from auto_deployment.model.evaluate import rating_split, rmse_report
 from tests.model.conftest import COLD_MINOR, N_MOVIES, PROFILE_ONLY_MINOR, PROFILE_ONLY_USER
 
@@ -27,17 +28,21 @@ def _recall(exact: SparseUserKNN, approx: SparseUserKNN) -> float:
     return sum(len(a & b) for a, b in pairs) / sum(len(a) for a, _ in pairs)
 
 
-def test_most_per_row_keeps_the_highest_counts_and_fills_ties_in_row_order():
-    # row 0: counts 3, 1, 2, 1, 1 → the 3 best: the 3, the 2, then the first 1 (position order)
-    # row 1: counts 1, 1 → fewer than k: both; row 2: nothing
-    rows = np.array([0, 0, 0, 0, 0, 1, 1])
-    count = np.array([3, 1, 2, 1, 1, 1, 1])
-    assert _most_per_row(rows, count, 3, 3).tolist() == [True, True, True, False, False, True, True]
-    assert _most_per_row(rows, count, 1, 3).tolist() == [True, False, False, False, False, True, False]
+def test_candidates_are_the_most_shared_users_and_ties_at_the_cut_go_in_the_order_they_were_met():
+    count = np.zeros(10, np.int32)
+    count[[5, 2, 7, 1, 3]] = [3, 1, 2, 1, 1]
+    touched = np.array([5, 2, 7, 1, 3], np.int32)
+    # k 3: the 3 and the 2 (users 5, 7), then the first of the three 1s met (user 2); order as met
+    assert most_shared(touched, count, 3).tolist() == [5, 2, 7]
+    assert most_shared(touched, count, 1).tolist() == [5]
+    assert most_shared(touched, count, 10).tolist() == [5, 2, 7, 1, 3]  # fewer than k: all of them
+    assert most_shared(touched, count, 0).tolist() == [5, 2, 7, 1, 3]  # 0: no limit
+    count[[4, 9, 6]] = 1
+    assert most_shared(np.array([4, 9, 6], np.int32), count, 2).tolist() == [4, 9]  # all tied: the first met
 
 
 def test_a_cap_and_candidates_above_the_data_give_the_exact_neighbours_estimates_and_lists(catalogue):
-    """The capped path re-scores pairs its own way (`_pair_stats`); where it finds every pair it is exact."""
+    """The capped path re-scores pairs its own way (`_capped_kernel`); where it finds every pair it is exact."""
     exact = Recommender.train(*catalogue, algorithm="user_knn_sparse", neighbours=100_000, **EXACT)
     capped = Recommender.train(*catalogue, algorithm="user_knn_sparse", neighbours=100_000, rater_cap=1_000,
                                candidates=1_000)
@@ -126,3 +131,27 @@ def test_saving_a_small_bundle_over_a_large_one_leaves_no_stale_array(mapped_bun
     assert not any(path.glob("*.npy"))
     assert sorted(json.loads((path / "checksums.json").read_text())) == ["arrays.npz", "ids.json", "metadata.json"]
     assert Recommender.load(path).explain(2) == model.explain(2)
+
+
+def test_the_exact_neighbours_of_a_sample_are_the_rows_of_the_exact_fit(catalogue):
+    """What bench/scale.py measures the capped fit against at 1M, where the exact fit of everyone is out of reach."""
+    ratings = catalogue[0][["user_id", "movie_id", "rating"]]
+    p = SparseUserKNN.default_params()
+    exact = fit_sparse_knn.fit(ratings, {**p, **EXACT})
+    capped = fit_sparse_knn.fit(ratings, {**p, "rater_cap": 5, "candidates": 5})  # same inner ids and baselines
+    users = np.array([0, 3, 7, len(exact.user_ids) - 1])
+    got = exact_neighbours_of(capped, p, users)
+    sample, want = got["nb"], exact.fields["nb"][users]
+    np.testing.assert_array_equal(got["rank_nb_idx"], exact.fields["rank_nb_idx"][users])
+    np.testing.assert_array_equal(got["rank_nb_w"], exact.fields["rank_nb_w"][users])
+    assert sample.shape == want.shape and want.nnz > 0
+    np.testing.assert_array_equal(sample.indptr, want.indptr)
+    np.testing.assert_array_equal(sample.indices, want.indices)
+    np.testing.assert_array_equal(sample.data, want.data)
+    assert _recall_rows(sample, capped.fields["nb"][users]) < 1.0  # the small cap misses some: the check can fail
+
+
+def _recall_rows(exact: Any, approx: Any) -> float:
+    rows = [(set(exact.indices[exact.indptr[u]:exact.indptr[u + 1]].tolist()),
+             set(approx.indices[approx.indptr[u]:approx.indptr[u + 1]].tolist())) for u in range(exact.shape[0])]
+    return sum(len(a & b) for a, b in rows) / sum(len(a) for a, _ in rows)
