@@ -10,10 +10,10 @@ per-user neighbour lists (memory n·k, no n × n array in fit or bundle):
   candidates the RMSE moves by a bounded amount (tested on MovieLens-100k).
 * ``score(u)``: the same neighbour support as `UserKNN` (the same k-wide ``rank_nb_idx``/``rank_nb_w``).
 
-Which users are neighbours: by default each user's candidates come from movies' capped rater lists
-(``rater_cap``, ``candidates``: cost ~ ratings, not users²), each scored with the exact pearson_baseline;
-``rater_cap=0, candidates=0`` scores every co-rater (the exact top-k, cost ~ users²). `bench/scale.py`
-measures the recall of the one against the other.
+Which users are neighbours: by default each user's candidates come from movies' capped rater lists (their
+heaviest raters; ``rater_cap``, ``candidates``: cost ~ ratings, not users²), each kept pair scored with the
+exact pearson_baseline; ``rater_cap=0, candidates=0`` scores every co-rater (the exact top-k, cost ~ users²).
+`bench/scale.py` measures the recall of the one against the other.
 
 `Recommender.train` picks it above ``exact_max_users`` users (see `base.EXACT_MAX_USERS`). Fitting is in
 `app.recommender.fit_sparse_knn`, which serving never imports.
@@ -45,10 +45,11 @@ class SparseUserKNN(Recommender):
     PARAMS: ClassVar[dict[str, Any]] = {
         **UserKNN.PARAMS,
         "neighbours": 200,  # stored per user for the estimate (memory n·k): the k raters used come from these
-        # Candidate pairs (fit_sparse_knn._capped_neighbours): each movie lends pairs among at most `rater_cap`
-        # of its raters (0: all of them, the exact top-k at a cost ~ users²), and per user the `candidates`
-        # users sharing most such movies are re-scored exactly (0: all). Cost ~ ratings·rater_cap.
-        "rater_cap": 200,
+        # Candidate pairs (fit_sparse_knn._capped_neighbours): each movie lists at most `rater_cap` of its raters,
+        # the heaviest (0: all of them, the exact top-k at a cost ~ users²), and per user the `candidates` most
+        # similar of the users its movies list are scored exactly (0: all). Cost ~ ratings·rater_cap. 1,000 / 300:
+        # recall 0.93 / 0.91 of the exact neighbours on a 20k world, a 7-minute fit at 1M (`bench scale sweep`).
+        "rater_cap": 1_000,
         "candidates": 300,
     }
 
