@@ -176,10 +176,10 @@ def sim_captured(exact: Any, approx: Any) -> float:
     """Per user, the approximate neighbours' summed similarity over the exact ones' (CSR ``nb``), mean over users."""
     import numpy as np
 
-    e = np.add.reduceat(exact.data, exact.indptr[:-1]) if exact.nnz else np.zeros(exact.shape[0])
-    a = np.add.reduceat(approx.data, approx.indptr[:-1]) if approx.nnz else np.zeros(approx.shape[0])
-    e[np.diff(exact.indptr) == 0] = 0.0  # reduceat repeats the next value for an empty row
-    a[np.diff(approx.indptr) == 0] = 0.0
+    def row_sums(m: Any) -> Any:  # bincount, not reduceat: an empty last row would index past the data
+        return np.bincount(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), weights=m.data, minlength=m.shape[0])
+
+    e, a = row_sums(exact), row_sums(approx)
     has = e > 0
     return float(np.mean(np.minimum(a[has], e[has]) / e[has]))  # min: ties at the cut may favour either side
 
@@ -252,16 +252,16 @@ def recall_sweep(n_users: int, settings: tuple[tuple[int, int], ...] = SWEEP) ->
 
 
 SAMPLE_USERS = 2_000  # users whose exact neighbours are computed at a size where the exact fit is out of reach
-SAMPLE_SETTINGS = ((0, 0), (200, 300))  # (0, 0): the defaults; (200, 300): a narrower cap, for the price of recall
+SAMPLE_SETTINGS = (None, (200, 300))  # None: the defaults; (200, 300): a narrower cap, for the price of recall
 
 
 def sample_recall(n_users: int, sample: int = SAMPLE_USERS,
-                  settings: tuple[tuple[int, int], ...] = SAMPLE_SETTINGS) -> list[dict[str, float]]:
+                  settings: tuple[tuple[int, int] | None, ...] = SAMPLE_SETTINGS) -> list[dict[str, float]]:
     """Recall of the capped fit at the real size, against the exact neighbours of a seeded sample of users.
 
     The exact fit of a million users is ~users² work (hours, and memory beyond this machine), but the exact
     neighbours of a few thousand users cost only their co-raters (`fit_sparse_knn.exact_neighbours_of`).
-    ``(rater_cap, candidates)``, (0, 0) meaning the defaults. One fit each, fit seconds included.
+    ``(rater_cap, candidates)``, None meaning the defaults. One fit each, fit seconds included.
     """
     import numpy as np
 
@@ -272,8 +272,8 @@ def sample_recall(n_users: int, sample: int = SAMPLE_USERS,
     p = SparseUserKNN.default_params()
     fit_sparse_knn.fit(frame.iloc[: len(frame) // 50], p)  # warm-up: imports, compilation; not counted
     rows, exact = [], None
-    for cap, cands in settings:
-        knobs = {"rater_cap": cap, "candidates": cands} if cap else {}
+    for setting in settings:
+        knobs = {"rater_cap": setting[0], "candidates": setting[1]} if setting else {}
         started = time.perf_counter()
         got = fit_sparse_knn.fit(frame, {**p, **knobs})
         seconds = time.perf_counter() - started

@@ -8,7 +8,7 @@
 ``fit_knn``         its training adapter (Surprise); imported by `Recommender.train` only
 ``sparse_knn``      `SparseUserKNN` (``user_knn_sparse``): the same estimate and score from per-user top-k
                     neighbours (memory n·k, no n × n array); `train` picks it above ``EXACT_MAX_USERS`` users
-``fit_sparse_knn``  its training adapter (numpy/scipy, blockwise sparse co-rating products); training only
+``fit_sparse_knn``  its training adapter (capped rater lists, one numba-compiled loop per user); training only
 ``baselines``       bench/test only: ``bench_random`` and ``bench_popularity``, the bad models the release must catch
 ==================  ==================================================================================
 

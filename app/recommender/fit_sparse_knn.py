@@ -7,10 +7,11 @@ Only `Recommender.train` imports this module (through the registry's ``fitter``)
   (the estimate's ties, and every list's, depend on them);
 * ALS baselines: Surprise's ``baseline_als`` loop, vectorised with ``bincount`` (same sums, same order
   of epochs; equal to ~1e-15);
-* ``pearson_baseline`` with shrinkage, exact for every pair it scores, in row blocks (memory bounded by
-  ``BLOCK_PAIRS``), for one of two sets of pairs:
+* ``pearson_baseline`` with shrinkage, exact for every pair it scores (to a few ulp where the capped path
+  adds movies back), for one of two sets of pairs:
 
-  - ``rater_cap`` 0 (`_all_co_raters`): every pair who co-rated something, from the sparse products
+  - ``rater_cap`` 0 (`_all_co_raters`, row blocks bounded by ``BLOCK_PAIRS``): every pair who co-rated something,
+    from the sparse products
     ``B·Bᵀ``, ``E·Eᵀ``, ``E²·Bᵀ``, ``B·E²ᵀ`` (E the baseline residuals, B who rated what): the exact top-k,
     but a blockbuster makes nearly all pairs co-raters, so the cost grows ~users² (measured n^1.9);
   - ``rater_cap`` > 0, the default (`_capped_neighbours`): the users its movies' capped rater lists name,
@@ -105,7 +106,8 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
 
     Pairs come from `_capped_neighbours` (``rater_cap`` > 0, cost ratings × ``rater_cap``) or in row blocks from
     `_all_co_raters` (``rater_cap`` 0: exact, cost ratings × co-raters); either way each pair's statistics are
-    exact, and both pick the same way (ties to the lower column), so where they score the same pairs they agree.
+    exact, and both pick the same way (ties to the lower column). Where no rater list is cut they agree bit for
+    bit; where one is, a movie added back is summed last, so a similarity may differ by a few ulp.
     """
     n = user_items.shape[0]
     k_est, k_rank = int(p["neighbours"]), max(1, min(int(p["rank_neighbours"]), n - 1))  # as fit_knn
@@ -124,7 +126,7 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
         log.debug("sparse neighbours", extra={"users": n, "stored": nb.nnz, "blocks": 1, "pairs": n_pairs})
         return nb, rank_idx, rank_w
     row_ids = np.arange(n) if only is None else np.asarray(only, np.int64)
-    blocks = _all_co_raters(binary, resid, int(p["candidates"]) if only is None else 0, row_ids)
+    blocks = _all_co_raters(binary, resid, int(p["candidates"]) if only is None else 0, only)
     n_rows = len(row_ids)
 
     est_count, est_cols, est_vals = np.zeros(n_rows, np.int64), [], []  # straight into CSR: ~12 B a neighbour
@@ -190,13 +192,17 @@ def _row_blocks(pairs_per_row: np.ndarray, budget: float) -> list[int]:
 
 
 def _all_co_raters(binary: sparse.csr_matrix, resid: sparse.csr_matrix, candidates: int,
-                   row_ids: np.ndarray) -> Iterator[Block]:
-    """Every pair of a user in `row_ids` (blocks of that list) with a common movie (f ≥ 2), statistics from the
-    block's sparse products: exact, cost Σ n_i² over everyone."""
+                   only: np.ndarray | None = None) -> Iterator[Block]:
+    """Every pair of a user (of `only`, sorted unique inner ids, if given; blocks of those rows) with a common
+    movie (f ≥ 2), statistics from the block's sparse products: exact, cost the rows' co-raters (Σ n_i² for all)."""
     n = binary.shape[0]
     resid2 = resid.multiply(resid).tocsr()
     bt, et, e2t = binary.T.tocsr(), resid.T.tocsr(), resid2.T.tocsr()
-    if len(row_ids) < n:
+    row_ids = np.arange(n)
+    if only is not None:
+        row_ids = np.asarray(only, np.int64)
+        if len(row_ids) and (np.any(np.diff(row_ids) <= 0) or row_ids[0] < 0 or row_ids[-1] >= n):
+            raise ValueError("only: sorted, unique inner user ids")
         binary, resid, resid2 = binary[row_ids], resid[row_ids], resid2[row_ids]
     bounds = _row_blocks(binary @ np.diff(bt.indptr).astype(float), BLOCK_PAIRS)  # co-raters per user (bound)
     for start, stop in itertools.pairwise(bounds):
@@ -270,8 +276,7 @@ def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norm
         cols = np.zeros((hi - lo, k_est), np.int32)
         vals = np.zeros((hi - lo, k_est))
         pairs += _capped_kernel(lo, hi, binary.indptr, binary.indices, resid.data, t_indptr, t_indices, t_resid,
-                                prio, limit, n_items,
-                                norms, candidates, shrinkage, cnt, cols, vals, rank_idx, rank_w,
+                                prio, limit, norms, candidates, shrinkage, cnt, cols, vals, rank_idx, rank_w,
                                 8 * numba.get_num_threads())
         est_count[lo:hi] = cnt
         keep = np.arange(k_est) < cnt[:, None]  # each row's neighbours first, columns ascending
@@ -288,13 +293,13 @@ def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norm
 @numba.njit(parallel=True, cache=True)
 def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, resid: np.ndarray,
                    t_indptr: np.ndarray, t_indices: np.ndarray, t_resid: np.ndarray, prio: np.ndarray,
-                   limit: np.ndarray, n_items: int, norms: np.ndarray, candidates: int, shrinkage: float,
+                   limit: np.ndarray, norms: np.ndarray, candidates: int, shrinkage: float,
                    est_cnt: np.ndarray, est_col: np.ndarray, est_val: np.ndarray, rank_idx: np.ndarray,
                    rank_w: np.ndarray, slices: int) -> int:
     """Users lo..hi. One pass over u's movies and their capped lists sums each listed user's statistics over
     the movies that list it (in movie order, as the exact path's sparse products do); the `candidates` best by
     the pearson_baseline of those sums get the movies that did not list them added (a binary search in their
-    ratings, for u's movies whose list is full and ends before them): exact statistics. Then the top
+    ratings, for u's movies whose list is full and ends before them; summed last, so exact to a few ulp). Then the top
     ``est_col.shape[1]`` by pearson_baseline (columns ascending) and the top ``rank_idx.shape[1]`` by the ranking
     weight (best first), both with ties to the lower column. `slices`: runs of users, each with its own
     scratch arrays, shared among the threads."""
@@ -324,12 +329,13 @@ def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, re
                         acc[v, 2] += eu * eu
                         acc[v, 3] += ev * ev
             keep = nt if candidates <= 0 else min(nt, candidates)
-            if keep < nt:  # the best `candidates` by the partial pearson_baseline; none yet: by count
+            if keep < nt:  # the best `candidates` by the partial pearson_baseline; listed once (no similarity
+                # yet): after all the others, in the order met
                 guess = np.empty(nt)
                 for t in range(nt):
                     v = touched[t]
                     guess[t] = _shrunk(acc[v, 0], acc[v, 1], acc[v, 2], acc[v, 3], shrinkage) if acc[v, 0] >= 2 \
-                        else -2.0 + acc[v, 0] * 1e-6
+                        else -2.0
                 cut = np.partition(-guess, keep - 1)[keep - 1]
                 chosen = np.empty(keep, np.int64)
                 got = 0

@@ -154,6 +154,8 @@ def test_the_exact_neighbours_of_a_sample_are_the_rows_of_the_exact_fit(catalogu
     np.testing.assert_array_equal(sample.indices, want.indices)
     np.testing.assert_array_equal(sample.data, want.data)
     assert _recall_rows(sample, capped.fields["nb"][users]) < 1.0  # the small cap misses some: the check can fail
+    with pytest.raises(ValueError, match="sorted, unique"):  # rows would be labelled with the wrong users
+        exact_neighbours_of(capped, p, users[::-1])
 
 
 def _recall_rows(exact: Any, approx: Any) -> float:
