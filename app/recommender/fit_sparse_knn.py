@@ -125,8 +125,8 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
                                                            int(p["candidates"]), shrinkage, k_est, k_rank)
         log.debug("sparse neighbours", extra={"users": n, "stored": nb.nnz, "blocks": 1, "pairs": n_pairs})
         return nb, rank_idx, rank_w
-    row_ids = np.arange(n) if only is None else np.asarray(only, np.int64)
-    blocks = _all_co_raters(binary, resid, int(p["candidates"]) if only is None else 0, only)
+    row_ids = _row_ids(only, n)
+    blocks = _all_co_raters(binary, resid, int(p["candidates"]) if only is None else 0, row_ids)
     n_rows = len(row_ids)
 
     est_count, est_cols, est_vals = np.zeros(n_rows, np.int64), [], []  # straight into CSR: ~12 B a neighbour
@@ -191,18 +191,25 @@ def _row_blocks(pairs_per_row: np.ndarray, budget: float) -> list[int]:
     return bounds
 
 
+def _row_ids(only: np.ndarray | None, n: int) -> np.ndarray:
+    """The users whose rows are wanted: all, or `only` if it is sorted unique inner ids (else rows would be
+    mislabelled, so it is refused)."""
+    if only is None:
+        return np.arange(n)
+    row_ids = np.asarray(only, np.int64)
+    if len(row_ids) and (np.any(np.diff(row_ids) <= 0) or row_ids[0] < 0 or row_ids[-1] >= n):
+        raise ValueError("only: sorted, unique inner user ids")
+    return row_ids
+
+
 def _all_co_raters(binary: sparse.csr_matrix, resid: sparse.csr_matrix, candidates: int,
-                   only: np.ndarray | None = None) -> Iterator[Block]:
-    """Every pair of a user (of `only`, sorted unique inner ids, if given; blocks of those rows) with a common
-    movie (f ≥ 2), statistics from the block's sparse products: exact, cost the rows' co-raters (Σ n_i² for all)."""
+                   row_ids: np.ndarray) -> Iterator[Block]:
+    """Every pair of a user of `row_ids` (`_row_ids`; blocks of those rows) with a common movie (f ≥ 2),
+    statistics from the block's sparse products: exact, cost the rows' co-raters (Σ n_i² for all)."""
     n = binary.shape[0]
     resid2 = resid.multiply(resid).tocsr()
     bt, et, e2t = binary.T.tocsr(), resid.T.tocsr(), resid2.T.tocsr()
-    row_ids = np.arange(n)
-    if only is not None:
-        row_ids = np.asarray(only, np.int64)
-        if len(row_ids) and (np.any(np.diff(row_ids) <= 0) or row_ids[0] < 0 or row_ids[-1] >= n):
-            raise ValueError("only: sorted, unique inner user ids")
+    if len(row_ids) != n:
         binary, resid, resid2 = binary[row_ids], resid[row_ids], resid2[row_ids]
     bounds = _row_blocks(binary @ np.diff(bt.indptr).astype(float), BLOCK_PAIRS)  # co-raters per user (bound)
     for start, stop in itertools.pairwise(bounds):
@@ -268,6 +275,12 @@ def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norm
     est_count, est_cols, est_vals = np.zeros(n, np.int64), [], []
     rank_idx = np.zeros((n, k_rank), np.int32)
     rank_w = np.zeros((n, k_rank), float)
+    # the kernel's scratch, one row per thread (numba.get_thread_id), allocated once per fit: allocated per
+    # slice and call instead, zeroing it cost users² over a fit (16 slices × 32 B × n² / CHUNK_USERS: 8 GB at 1M)
+    threads = numba.get_num_threads()
+    acc = np.zeros((threads, n, 4))
+    touched, cand = np.empty((threads, n), np.int32), np.empty((threads, n), np.int32)
+    guess, work, pb, w = (np.empty((threads, n)) for _ in range(4))
     pairs = 0
     progress = tqdm(total=n, unit="user", desc="neighbours", disable=None, leave=False)
     for lo in range(0, n, CHUNK_USERS):
@@ -277,17 +290,31 @@ def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norm
         vals = np.zeros((hi - lo, k_est))
         pairs += _capped_kernel(lo, hi, binary.indptr, binary.indices, resid.data, t_indptr, t_indices, t_resid,
                                 prio, limit, norms, candidates, shrinkage, cnt, cols, vals, rank_idx, rank_w,
-                                8 * numba.get_num_threads())
+                                8 * threads, acc, touched, guess, work, cand, pb, w)
         est_count[lo:hi] = cnt
         keep = np.arange(k_est) < cnt[:, None]  # each row's neighbours first, columns ascending
         est_cols.append(cols[keep])
         est_vals.append(vals[keep])
         progress.update(hi - lo)
     progress.close()
-    indptr = np.concatenate([[0], np.cumsum(est_count)])
-    nb = sparse.csr_matrix((np.concatenate([np.zeros(0), *est_vals]),
-                            np.concatenate([np.zeros(0, np.int32), *est_cols]), indptr), shape=(n, n))
-    return nb, rank_idx, rank_w, pairs
+    del acc, touched, guess, work, cand, pb, w
+    return _csr_from_chunks(est_count, est_cols, est_vals, n), rank_idx, rank_w, pairs
+
+
+def _csr_from_chunks(counts: np.ndarray, cols: list[np.ndarray], vals: list[np.ndarray], n: int) -> sparse.csr_matrix:
+    """Rows' (columns, values) chunks, in row order, as one CSR matrix, emptying the lists.
+
+    At 1M users the neighbours are ~2.3 GB: concatenating would hold them twice. `np.empty` pages become
+    resident only when written and each chunk is freed once copied, so the peak stays ~one copy plus a chunk.
+    """
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    data, indices = np.empty(indptr[-1]), np.empty(indptr[-1], np.int32)
+    at = 0
+    while cols:
+        c, v = cols.pop(0), vals.pop(0)
+        indices[at:at + len(c)], data[at:at + len(v)] = c, v
+        at += len(c)
+    return sparse.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -295,23 +322,25 @@ def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, re
                    t_indptr: np.ndarray, t_indices: np.ndarray, t_resid: np.ndarray, prio: np.ndarray,
                    limit: np.ndarray, norms: np.ndarray, candidates: int, shrinkage: float,
                    est_cnt: np.ndarray, est_col: np.ndarray, est_val: np.ndarray, rank_idx: np.ndarray,
-                   rank_w: np.ndarray, slices: int) -> int:
+                   rank_w: np.ndarray, slices: int, acc_t: np.ndarray, touched_t: np.ndarray, guess_t: np.ndarray,
+                   work_t: np.ndarray, cand_t: np.ndarray, pb_t: np.ndarray, w_t: np.ndarray) -> int:
     """Users lo..hi. One pass over u's movies and their capped lists sums each listed user's statistics over
     the movies that list it (in movie order, as the exact path's sparse products do); the `candidates` best by
     the pearson_baseline of those sums get the movies that did not list them added (a binary search in their
     ratings, for u's movies whose list is full and ends before them; summed last, so exact to a few ulp). Then the top
     ``est_col.shape[1]`` by pearson_baseline (columns ascending) and the top ``rank_idx.shape[1]`` by the ranking
-    weight (best first), both with ties to the lower column. `slices`: runs of users, each with its own
-    scratch arrays, shared among the threads."""
-    n = len(indptr) - 1
+    weight (best first), both with ties to the lower column. `slices`: runs of users shared among the threads
+    (more slices than threads, so one slow run does not leave a core idle). The `*_t` scratch arrays hold one
+    row per thread; ``acc_t`` must be zero and is left zero."""
     k_est, k_rank = est_col.shape[1], rank_idx.shape[1]
     step = (hi - lo + slices - 1) // slices
     scored = np.zeros(slices, np.int64)
     for s in numba.prange(slices):
-        # per slice, for the current user u and each v: co-ratings found so far, Σ e_u·e_v, Σ e_u², Σ e_v² over
-        # them; one row of 32 bytes a user, so an entry of a list costs one cache line (4 arrays cost 4 misses)
-        acc = np.zeros((n, 4))
-        touched = np.empty(n, np.int32)
+        # for the current user u and each v: co-ratings found so far, Σ e_u·e_v, Σ e_u², Σ e_v² over them; one
+        # row of 32 bytes a user, so an entry of a list costs one cache line (4 arrays cost 4 misses)
+        tid = numba.get_thread_id()
+        acc, touched, guess, work = acc_t[tid], touched_t[tid], guess_t[tid], work_t[tid]
+        cand, pb, w = cand_t[tid], pb_t[tid], w_t[tid]
         for u in range(lo + s * step, min(hi, lo + (s + 1) * step)):
             nt = 0
             for q in range(indptr[u], indptr[u + 1]):
@@ -328,34 +357,32 @@ def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, re
                         acc[v, 1] += eu * ev
                         acc[v, 2] += eu * eu
                         acc[v, 3] += ev * ev
-            keep = nt if candidates <= 0 else min(nt, candidates)
-            if keep < nt:  # the best `candidates` by the partial pearson_baseline; listed once (no similarity
+            m = nt if candidates <= 0 else min(nt, candidates)
+            if m < nt:  # the best `candidates` by the partial pearson_baseline; listed once (no similarity
                 # yet): after all the others, in the order met
-                guess = np.empty(nt)
                 for t in range(nt):
                     v = touched[t]
                     guess[t] = _shrunk(acc[v, 0], acc[v, 1], acc[v, 2], acc[v, 3], shrinkage) if acc[v, 0] >= 2 \
                         else -2.0
-                cut = np.partition(-guess, keep - 1)[keep - 1]
-                chosen = np.empty(keep, np.int64)
+                    work[t] = -guess[t]
+                cut = _kth_smallest(work[:nt], m - 1)
                 got = 0
                 for t in range(nt):  # above the cut, then at it in the order met
                     if -guess[t] < cut:
-                        chosen[got] = t
+                        cand[got] = touched[t]
                         got += 1
                 for t in range(nt):
-                    if got < keep and -guess[t] == cut:
-                        chosen[got] = t
+                    if got < m and -guess[t] == cut:
+                        cand[got] = touched[t]
                         got += 1
             else:
-                chosen = np.arange(nt)
-            cand = np.sort(touched[chosen])  # column order: ties below go to the lower column
-            m = len(cand)
+                cand[:nt] = touched[:nt]
+            cand[:m].sort()  # column order: ties below go to the lower column
             scored[s] += m
-            pb = np.zeros(m)
-            w = np.zeros(m)
             for t in range(m):
                 v = cand[t]
+                pb[t] = 0.0
+                w[t] = 0.0
                 f, p, a, b = acc[v, 0], acc[v, 1], acc[v, 2], acc[v, 3]
                 for q in range(indptr[u], indptr[u + 1]):  # the movies whose full list ended before v
                     i = indices[q]
@@ -375,17 +402,49 @@ def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, re
             for t in range(nt):
                 v = touched[t]
                 acc[v] = 0.0
-            pos = np.flatnonzero(pb > 0)
+            pos = np.flatnonzero(pb[:m] > 0)
             best = pos[np.argsort(-pb[pos], kind="mergesort")[:k_est]]  # stable: equal values keep column order
             best.sort()
             est_cnt[u - lo] = len(best)
             est_col[u - lo, :len(best)] = cand[best]
             est_val[u - lo, :len(best)] = pb[best]
-            pos = np.flatnonzero(w > 0)
+            pos = np.flatnonzero(w[:m] > 0)
             best = pos[np.argsort(-w[pos], kind="mergesort")[:k_rank]]
             rank_idx[u, :len(best)] = cand[best]
             rank_w[u, :len(best)] = w[best]
     return scored.sum()
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_smallest(a: np.ndarray, k: int) -> float:
+    """The `k`-th smallest value of `a` (0-based), reordering `a` in place; the value np.partition puts at k.
+
+    By hand because numba's np.partition copies its input (an allocation per user of the listed users' size),
+    while this works in the per-thread scratch: a quickselect with a three-way split, so runs of equal values
+    (the many users listed once) end it early.
+    """
+    lo, hi = 0, len(a) - 1
+    while lo < hi:
+        x, y, z = a[lo], a[(lo + hi) // 2], a[hi]
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three
+        lt, i, gt = lo, lo, hi  # a[lo:lt] < pivot, a[lt:i] == pivot, a[gt+1:hi+1] > pivot
+        while i <= gt:
+            if a[i] < pivot:
+                a[lt], a[i] = a[i], a[lt]
+                lt += 1
+                i += 1
+            elif a[i] > pivot:
+                a[gt], a[i] = a[i], a[gt]
+                gt -= 1
+            else:
+                i += 1
+        if k < lt:
+            hi = lt - 1
+        elif k > gt:
+            lo = gt + 1
+        else:
+            return pivot
+    return a[lo]
 
 
 @numba.njit(cache=True, nogil=True)

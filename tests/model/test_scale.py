@@ -162,3 +162,16 @@ def _recall_rows(exact: Any, approx: Any) -> float:
     rows = [(set(exact.indices[exact.indptr[u]:exact.indptr[u + 1]].tolist()),
              set(approx.indices[approx.indptr[u]:approx.indptr[u + 1]].tolist())) for u in range(exact.shape[0])]
     return sum(len(a & b) for a, b in rows) / sum(len(a) for a, _ in rows)
+
+
+def test_the_kernels_selection_finds_the_kth_smallest_among_runs_of_equal_values():
+    """`_kth_smallest` picks the capped fit's candidates (numba's np.partition copies, this works in place)."""
+    hand = np.array([3.0, 1.0, 2.0, 2.0, -2.0, -2.0, -2.0])
+    assert [fit_sparse_knn._kth_smallest(hand.copy(), k) for k in range(7)] == [-2, -2, -2, 1, 2, 2, 3]
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 5, 300, 2_000):
+        a = np.where(rng.random(size) < 0.6, -2.0, rng.integers(-5, 5, size) / 5)  # mostly one value, as in a fit
+        for k in {0, size // 3, size - 1}:
+            work = a.copy()
+            assert fit_sparse_knn._kth_smallest(work, k) == np.partition(a, k)[k]
+            assert sorted(work) == sorted(a)  # reordered, nothing lost
