@@ -131,7 +131,7 @@ def _reset_peak_rss() -> None:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak RSS since `_reset_peak_rss` (`VmHWM`), MB."""
+    """This process's peak RSS since `_reset_peak_rss` (`VmHWM`), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -213,7 +213,7 @@ def run() -> str:
              ["event lines collected", *(results[t]["lines"] for t in titles)],
              ["data/ size (MB, with event store)", *(results[t]["data_mb"] for t in titles)],
              ["RMSE (80/20, seed 42)", *(results[t]["rmse"] for t in titles)],
-             ["peak RSS of the pipeline run (MB)", *(results[t]["peak_mb"] for t in titles)],
+             ["peak RSS of the pipeline run (MiB)", *(results[t]["peak_mb"] for t in titles)],
              ["world written (s, not in the run)", *(results[t].get("world_s", float("nan")) for t in titles)]]
     return (render("Retraining pipeline: seconds per step of one run (file source, no release)",
                    ["step", *titles], rows,
