@@ -276,7 +276,8 @@ def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norm
     rank_idx = np.zeros((n, k_rank), np.int32)
     rank_w = np.zeros((n, k_rank), float)
     # the kernel's scratch, one row per thread (numba.get_thread_id), allocated once per fit: allocated per
-    # slice and call instead, zeroing it cost users² over a fit (16 slices × 32 B × n² / CHUNK_USERS: 8 GB at 1M)
+    # slice and call instead, zeroing it cost users² over a fit (8·threads slices × 32 B × n² / CHUNK_USERS:
+    # 8 GB at 1M on 2 cores)
     threads = numba.get_num_threads()
     acc = np.zeros((threads, n, 4))
     touched, cand = np.empty((threads, n), np.int32), np.empty((threads, n), np.int32)
@@ -297,7 +298,7 @@ def _capped_neighbours(binary: sparse.csr_matrix, resid: sparse.csr_matrix, norm
         est_vals.append(vals[keep])
         progress.update(hi - lo)
     progress.close()
-    del acc, touched, guess, work, cand, pb, w
+    del acc, touched, guess, work, cand, pb, w, cnt, cols, vals, keep
     return _csr_from_chunks(est_count, est_cols, est_vals, n), rank_idx, rank_w, pairs
 
 
@@ -314,6 +315,7 @@ def _csr_from_chunks(counts: np.ndarray, cols: list[np.ndarray], vals: list[np.n
         c, v = cols.pop(0), vals.pop(0)
         indices[at:at + len(c)], data[at:at + len(v)] = c, v
         at += len(c)
+    assert at == len(indices)
     return sparse.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
@@ -329,9 +331,9 @@ def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, re
     the pearson_baseline of those sums get the movies that did not list them added (a binary search in their
     ratings, for u's movies whose list is full and ends before them; summed last, so exact to a few ulp). Then the top
     ``est_col.shape[1]`` by pearson_baseline (columns ascending) and the top ``rank_idx.shape[1]`` by the ranking
-    weight (best first), both with ties to the lower column. `slices`: runs of users shared among the threads
-    (more slices than threads, so one slow run does not leave a core idle). The `*_t` scratch arrays hold one
-    row per thread; ``acc_t`` must be zero and is left zero."""
+    weight (best first), both with ties to the lower column. `slices`: runs of users (numba gives each thread
+    a contiguous share of them). The `*_t` scratch arrays hold one row per thread (`numba.get_thread_id`);
+    ``acc_t`` must be zero and is left zero, so the next user, slice or call starts clean."""
     k_est, k_rank = est_col.shape[1], rank_idx.shape[1]
     step = (hi - lo + slices - 1) // slices
     scored = np.zeros(slices, np.int64)
@@ -417,7 +419,8 @@ def _capped_kernel(lo: int, hi: int, indptr: np.ndarray, indices: np.ndarray, re
 
 @numba.njit(cache=True, nogil=True)
 def _kth_smallest(a: np.ndarray, k: int) -> float:
-    """The `k`-th smallest value of `a` (0-based), reordering `a` in place; the value np.partition puts at k.
+    """The `k`-th smallest value of `a` (0-based, 0 <= k < len(a)), reordering `a` in place; the value
+    np.partition puts at k.
 
     By hand because numba's np.partition copies its input (an allocation per user of the listed users' size),
     while this works in the per-thread scratch: a quickselect with a three-way split, so runs of equal values

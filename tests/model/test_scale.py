@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 
@@ -168,10 +169,35 @@ def test_the_kernels_selection_finds_the_kth_smallest_among_runs_of_equal_values
     """`_kth_smallest` picks the capped fit's candidates (numba's np.partition copies, this works in place)."""
     hand = np.array([3.0, 1.0, 2.0, 2.0, -2.0, -2.0, -2.0])
     assert [fit_sparse_knn._kth_smallest(hand.copy(), k) for k in range(7)] == [-2, -2, -2, 1, 2, 2, 3]
+    assert fit_sparse_knn._kth_smallest(np.array([0.0, -0.0, 1.0]), 1) == 0.0  # -0.0 == 0.0, as in np.partition
     rng = np.random.default_rng(7)
-    for size in (1, 2, 5, 300, 2_000):
-        a = np.where(rng.random(size) < 0.6, -2.0, rng.integers(-5, 5, size) / 5)  # mostly one value, as in a fit
-        for k in {0, size // 3, size - 1}:
-            work = a.copy()
-            assert fit_sparse_knn._kth_smallest(work, k) == np.partition(a, k)[k]
-            assert sorted(work) == sorted(a)  # reordered, nothing lost
+    for size in (1, 2, 5, 40, 300, 2_000):
+        mostly_one = np.where(rng.random(size) < 0.6, -2.0, rng.integers(-5, 5, size) / 5)  # as in a fit
+        for a in (mostly_one, rng.permutation(size).astype(float), rng.random(size)):  # and all distinct
+            for k in range(size) if size <= 40 else {0, size // 3, size - 1}:
+                work = a.copy()
+                assert fit_sparse_knn._kth_smallest(work, k) == np.partition(a, k)[k]
+                assert sorted(work) == sorted(a)  # reordered, nothing lost
+                assert work[k] == np.partition(a, k)[k]  # in place: the value ends at its rank
+
+
+def test_the_capped_fit_is_the_same_in_any_number_of_calls_and_threads(catalogue, monkeypatch):
+    """The kernel reuses one scratch row per thread across users and calls: it must leave it clean, so
+    splitting the users into many calls, or running on one thread, changes nothing (lists cut: cap 5)."""
+    ratings = catalogue[0][["user_id", "movie_id", "rating"]]
+    p = {**SparseUserKNN.default_params(), "rater_cap": 5, "candidates": 8}
+    one_call = fit_sparse_knn.fit(ratings, p).fields
+    monkeypatch.setattr(fit_sparse_knn, "CHUNK_USERS", 7)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        many_calls_one_thread = fit_sparse_knn.fit(ratings, p).fields
+    finally:
+        numba.set_num_threads(threads)
+    many_calls = fit_sparse_knn.fit(ratings, p).fields
+    assert ratings["user_id"].nunique() > 3 * 7
+    for got in (many_calls, many_calls_one_thread):
+        assert (got["nb"] != one_call["nb"]).nnz == 0
+        np.testing.assert_array_equal(got["nb"].indptr, one_call["nb"].indptr)
+        np.testing.assert_array_equal(got["rank_nb_idx"], one_call["rank_nb_idx"])
+        np.testing.assert_array_equal(got["rank_nb_w"], one_call["rank_nb_w"])
