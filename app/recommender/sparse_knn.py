@@ -52,6 +52,10 @@ class SparseUserKNN(Recommender):
         # 2,000-user sample's exact neighbours, 76 % of their similarity (`bench scale sample`).
         "rater_cap": 1_000,
         "candidates": 300,
+        # Lists shorter than rater_cap where their pass would visit more than this many entries a rating
+        # (fit_sparse_knn.budgeted_cap; 0: no bound): keeps the fit linear in ratings at every size. The world
+        # generator's ratings need 193 a rating at 20k users (the cap holds), 876 at 1M (lists of 537).
+        "list_budget": 500,
     }
 
     global_mean: float

@@ -201,3 +201,31 @@ def test_the_capped_fit_is_the_same_in_any_number_of_calls_and_threads(catalogue
         np.testing.assert_array_equal(got["nb"].indptr, one_call["nb"].indptr)
         np.testing.assert_array_equal(got["rank_nb_idx"], one_call["rank_nb_idx"])
         np.testing.assert_array_equal(got["rank_nb_w"], one_call["rank_nb_w"])
+
+
+def test_the_list_budget_picks_the_longest_list_whose_pass_stays_within_its_visits_per_rating():
+    """Movies rated 10, 4 and 1 times (15 ratings): lists of c cost 10·min(10, c) + 4·min(4, c) + min(1, c)
+    visits. By hand: c = 5 costs 50 + 16 + 1 = 67, c = 6 costs 77; a budget of 5 a rating allows 75."""
+    raters = np.array([10, 4, 1])
+    assert fit_sparse_knn.budgeted_cap(raters, 8, 5.0) == 5
+    assert fit_sparse_knn.budgeted_cap(raters, 8, 77 / 15) == 6  # exactly at the budget is within it
+    assert fit_sparse_knn.budgeted_cap(raters, 8, 1_000.0) == 8  # never above rater_cap
+    assert fit_sparse_knn.budgeted_cap(raters, 8, 0.0) == 8  # 0: no budget
+    assert fit_sparse_knn.budgeted_cap(raters, 8, 0.1) == 1  # a list of one at least
+
+
+def test_a_binding_list_budget_fits_exactly_as_the_rater_cap_it_picks(catalogue, caplog):
+    """The budget only chooses the list length: the fit is the one of that `rater_cap`, and the log says it."""
+    ratings = catalogue[0][["user_id", "movie_id", "rating"]]
+    raters = ratings.groupby("movie_id").size().to_numpy()
+    p = {**SparseUserKNN.default_params(), "rater_cap": 40, "candidates": 8}
+    budget = float((raters * np.minimum(raters, 6)).sum()) / raters.sum()  # the visits a rating of lists of 6
+    with caplog.at_level(logging.INFO, logger="app.recommender.fit_sparse_knn"):
+        budgeted = fit_sparse_knn.fit(ratings, {**p, "list_budget": budget}).fields
+    [record] = [r for r in caplog.records if r.getMessage() == "sparse neighbours"]
+    assert (record.rater_cap, record.list_length) == (40, 6) and raters.max() > 6
+    capped = fit_sparse_knn.fit(ratings, {**p, "rater_cap": 6, "list_budget": 0}).fields
+    uncut = fit_sparse_knn.fit(ratings, {**p, "list_budget": 0}).fields
+    assert (budgeted["nb"] != capped["nb"]).nnz == 0
+    np.testing.assert_array_equal(budgeted["rank_nb_idx"], capped["rank_nb_idx"])
+    assert (budgeted["nb"] != uncut["nb"]).nnz > 0  # the budget did shorten the lists
