@@ -5,7 +5,8 @@ popularity, ~20 ratings per user, ratings from a 4-factor taste model; the same 
 Per size, fresh subprocesses (so each peak RSS, ``ru_maxrss``, is its own):
 
 1. generate, `Recommender.train(..., algorithm="user_knn_sparse")` with its default parameters (top lists
-   materialised, as the pipeline trains), `save`: train seconds, peak RSS, bundle size;
+   materialised, as the pipeline trains), `save`: train seconds, peak RSS, bundle size; `REPEAT` times
+   (``BENCH_SCALE_REPEAT``), the sizes interleaved, the table giving the medians;
 2. `Recommender.load` of that bundle (checksums verified, arrays memory-mapped): load seconds (median of 3,
    the first one warms the page cache and is not counted), and the top-20 for a known user (`explain`,
    median over 2,000 random users after a warm-up).
@@ -32,6 +33,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -47,6 +49,7 @@ from bench.table import render
 log = logging.getLogger(__name__)
 
 SIZES = (10_000, 100_000, 300_000)
+REPEAT = 3  # train runs per size (BENCH_SCALE_REPEAT): the table gives their medians
 RECALL_USERS = 20_000
 QUALITY_SIZES = (20_000, 100_000)
 QUALITY_SAMPLE = 2_000  # warm users whose lists are graded
@@ -96,8 +99,13 @@ def train_one(n_users: int, out: str) -> dict[str, float]:
     model = Recommender.train(ratings, algorithm=ALGORITHM)
     train_s = time.perf_counter() - started
     path = model.save(out)
+    from app.recommender.fit_sparse_knn import budgeted_cap
+
+    p = model.params
+    lists = budgeted_cap(ratings.groupby("movie_id").size().to_numpy(), int(p["rater_cap"]), float(p["list_budget"]))
     return {"ratings": len(ratings), "users": len(model.user_ids), "gen_s": gen_s, "train_s": train_s,
-            "rss_mb": _peak_mb(), "bundle_mb": sum(f.stat().st_size for f in path.iterdir()) / 1e6}
+            "rss_mb": _peak_mb(), "bundle_mb": sum(f.stat().st_size for f in path.iterdir()) / 1e6,
+            "list_length": lists}
 
 
 def serve_one(bundle: str) -> dict[str, float]:
@@ -470,36 +478,49 @@ def run(args: list[str] | tuple[str, ...] = ()) -> str:
     if "quality" in args:
         return quality_table([parse_size(a) for a in args if a != "quality"] or list(QUALITY_SIZES))
     sizes = [parse_size(a) for a in args if a != "recall"] or list(SIZES)
+    repeat = max(1, int(os.environ.get("BENCH_SCALE_REPEAT", str(REPEAT))))
     rows, results = [], []
     warm = Path(tempfile.mkdtemp(prefix="scale-warm-"))
     try:
         _sub("--train", "500", str(warm / "b"))  # warm-up: imports, page cache; not counted
     finally:
         shutil.rmtree(warm, ignore_errors=True)
-    for n in sizes:
-        work = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
-        try:
-            t = _sub("--train", str(n), str(work / "b"))
-            s = _sub("--serve", str(work / "b"))
-        finally:
+    works = {n: Path(tempfile.mkdtemp(prefix=f"scale-{n}-")) for n in sizes}
+    trains: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
+    try:
+        for r in range(repeat):  # sizes interleaved, so a slow spell of the machine touches every size alike
+            for n in sizes:
+                shutil.rmtree(works[n] / "b", ignore_errors=True)
+                trains[n].append(_sub("--train", str(n), str(works[n] / "b")))
+                print(f"[scale {n:,} train {r + 1}/{repeat}: {json.dumps(trains[n][-1])}]", file=sys.stderr,
+                      flush=True)
+        for n in sizes:
+            t = {k: statistics.median(x[k] for x in trains[n]) for k in trains[n][0]}
+            s = _sub("--serve", str(works[n] / "b"))
+            results.append({**t, **s})
+            rows.append([f"{int(t['users']):,}", f"{int(t['ratings']):,}", int(t["list_length"]), t["gen_s"],
+                         t["train_s"], t["rss_mb"], t["bundle_mb"], s["load_s"], s["load_cold_s"],
+                         s["serve_rss_mb"], s["top20_ms"]])
+            print(f"[scale {n:,}: {json.dumps({**t, **s, 'train_runs': [x['train_s'] for x in trains[n]]})}]",
+                  file=sys.stderr, flush=True)
+    finally:
+        for work in works.values():
             shutil.rmtree(work, ignore_errors=True)
-        results.append({**t, **s})
-        rows.append([f"{int(t['users']):,}", f"{int(t['ratings']):,}", t["gen_s"], t["train_s"], t["rss_mb"],
-                     t["bundle_mb"], s["load_s"], s["load_cold_s"], s["serve_rss_mb"], s["top20_ms"]])
-        print(f"[scale {n:,}: {json.dumps({**t, **s})}]", file=sys.stderr, flush=True)
     for a, b in itertools.pairwise(results):
-        rows.append([f"exponent {int(a['users']):,}→{int(b['users']):,}", "vs ratings", float("nan"),
+        rows.append([f"exponent {int(a['users']):,}→{int(b['users']):,}", "vs ratings", "", float("nan"),
                      _slope(a["train_s"], b["train_s"], a["ratings"], b["ratings"]),
                      _slope(a["rss_mb"], b["rss_mb"], a["ratings"], b["ratings"]),
                      _slope(a["bundle_mb"], b["bundle_mb"], a["ratings"], b["ratings"]),
                      float("nan"), float("nan"), float("nan"), float("nan")])
     table = render(
         f"Scale: {ALGORITHM}, {N_MOVIES:,} movies, ~{RATINGS_PER_USER} ratings per user",
-        ["users", "ratings", "generate s", "train s", "train peak RSS MB", "bundle MB", "load s",
+        ["users", "ratings", "list length", "generate s", "train s", "train peak RSS MB", "bundle MB", "load s",
          "first load s", "serving RSS MB", "top-20 ms"],
         rows,
-        note="Train = Recommender.train (fit + top-20 lists materialised) in a fresh process, its peak RSS "
-             "(~150 MB of it interpreter and libraries). Load = Recommender.load with checksums verified, "
+        note=f"Train = Recommender.train (fit + top-20 lists materialised) in a fresh process, its peak RSS "
+             f"(~150 MB of it interpreter and libraries): medians of {repeat} runs, sizes interleaved "
+             "(BENCH_SCALE_REPEAT). List length: the rater lists' length the list budget gives "
+             "(fit_sparse_knn.budgeted_cap, at most rater_cap). Load = Recommender.load with checksums verified, "
              "arrays memory-mapped (median of 3 after a first, page-cache-warming load). top-20 = explain() "
              "of a random known user, median of 2,000. Exponent rows: log-log slope against ratings of train "
              "s, peak RSS and bundle size.",
