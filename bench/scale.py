@@ -248,7 +248,8 @@ def recall_sweep(n_users: int, settings: tuple[tuple[int, int], ...] = SWEEP) ->
              "rank_recall": 1.0, "sim_captured": 1.0}]
     for cap, cands in settings:
         started = time.perf_counter()
-        got = fit_sparse_knn.fit(frame, {**p, "rater_cap": cap, "candidates": cands})
+        got = fit_sparse_knn.fit(frame, {**p, "rater_cap": cap, "candidates": cands, "list_budget": 0})  # the
+        # cap as labelled (the budget would shorten the widest lists)
         seconds = time.perf_counter() - started
         rows.append({"rater_cap": cap, "candidates": cands, "fit_s": seconds,
                      **neighbour_recall(exact.fields, got.fields),
@@ -278,7 +279,7 @@ def sample_recall(n_users: int, sample: int = SAMPLE_USERS,
     fit_sparse_knn.fit(frame.iloc[: len(frame) // 50], p)  # warm-up: imports, compilation; not counted
     rows, exact = [], None
     for setting in settings:
-        knobs = {"rater_cap": setting[0], "candidates": setting[1]} if setting else {}
+        knobs = {"rater_cap": setting[0], "candidates": setting[1], "list_budget": 0} if setting else {}
         started = time.perf_counter()
         got = fit_sparse_knn.fit(frame, {**p, **knobs})
         seconds = time.perf_counter() - started
@@ -290,7 +291,10 @@ def sample_recall(n_users: int, sample: int = SAMPLE_USERS,
             exact_s = time.perf_counter() - started
         approx = {"nb": got.fields["nb"][users], "rank_nb_idx": got.fields["rank_nb_idx"][users],
                   "rank_nb_w": got.fields["rank_nb_w"][users]}
-        rows.append({"users": n_users, "sample": len(users), "rater_cap": int({**p, **knobs}["rater_cap"]),
+        q = {**p, **knobs}
+        lists = fit_sparse_knn.budgeted_cap(np.diff(got.fields["item_raters"].indptr), int(q["rater_cap"]),
+                                            float(q["list_budget"]))
+        rows.append({"users": n_users, "sample": len(users), "rater_cap": int(q["rater_cap"]), "list_length": lists,
                      "candidates": int({**p, **knobs}["candidates"]), "fit_s": seconds, "exact_sample_s": exact_s,
                      **neighbour_recall(exact, approx), "sim_captured": sim_captured(exact["nb"], approx["nb"]),
                      "peak_mb": _peak_mb()})
@@ -459,10 +463,10 @@ def sample_table(n_users: int, sample: int = SAMPLE_USERS) -> str:
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return render(
         f"Neighbour recall at {n_users:,} users, against the exact neighbours of {rows[0]['sample']:,} sampled users",
-        ["rater_cap", "candidates", "fit s", "estimate-neighbour recall", "ranking-neighbour recall",
+        ["rater_cap", "list length", "candidates", "fit s", "estimate-neighbour recall", "ranking-neighbour recall",
          "similarity captured", "exact neighbours per sampled user", "peak RSS MB"],
-        [[r["rater_cap"], r["candidates"], r["fit_s"], r["est_recall"], r["rank_recall"], r["sim_captured"],
-          r["est_per_user"], r["peak_mb"]] for r in rows],
+        [[r["rater_cap"], r["list_length"], r["candidates"], r["fit_s"], r["est_recall"], r["rank_recall"],
+          r["sim_captured"], r["est_per_user"], r["peak_mb"]] for r in rows],
         note=f"World generator's ratings. Fit = fit_sparse_knn.fit, one run each after a warm-up, in one process; "
              f"the first row is the defaults. Exact neighbours of the sample (every co-rater scored): "
              f"{rows[0]['exact_sample_s']:.0f} s. Recall over the sampled users only.",
@@ -488,15 +492,18 @@ def run(args: list[str] | tuple[str, ...] = ()) -> str:
     works = {n: Path(tempfile.mkdtemp(prefix=f"scale-{n}-")) for n in sizes}
     trains: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
     try:
+        served: dict[int, dict[str, float]] = {}
         for r in range(repeat):  # sizes interleaved, so a slow spell of the machine touches every size alike
             for n in sizes:
-                shutil.rmtree(works[n] / "b", ignore_errors=True)
                 trains[n].append(_sub("--train", str(n), str(works[n] / "b")))
                 print(f"[scale {n:,} train {r + 1}/{repeat}: {json.dumps(trains[n][-1])}]", file=sys.stderr,
                       flush=True)
+                if r == repeat - 1:  # served right after its last train, as a release would load it
+                    served[n] = _sub("--serve", str(works[n] / "b"))
+                shutil.rmtree(works[n] / "b", ignore_errors=True)  # one bundle on disk at a time (4 GB at 1M)
         for n in sizes:
             t = {k: statistics.median(x[k] for x in trains[n]) for k in trains[n][0]}
-            s = _sub("--serve", str(works[n] / "b"))
+            s = served[n]
             results.append({**t, **s})
             rows.append([f"{int(t['users']):,}", f"{int(t['ratings']):,}", int(t["list_length"]), t["gen_s"],
                          t["train_s"], t["rss_mb"], t["bundle_mb"], s["load_s"], s["load_cold_s"],

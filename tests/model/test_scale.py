@@ -219,7 +219,8 @@ def test_a_binding_list_budget_fits_exactly_as_the_rater_cap_it_picks(catalogue,
     ratings = catalogue[0][["user_id", "movie_id", "rating"]]
     raters = ratings.groupby("movie_id").size().to_numpy()
     p = {**SparseUserKNN.default_params(), "rater_cap": 40, "candidates": 8}
-    budget = float((raters * np.minimum(raters, 6)).sum()) / raters.sum()  # the visits a rating of lists of 6
+    six, seven = ((raters * np.minimum(raters, c)).sum() for c in (6, 7))  # visits of lists of 6 and of 7
+    budget = (six + seven) / 2 / raters.sum()  # between them: lists of 6 fit, of 7 do not
     with caplog.at_level(logging.INFO, logger="app.recommender.fit_sparse_knn"):
         budgeted = fit_sparse_knn.fit(ratings, {**p, "list_budget": budget}).fields
     [record] = [r for r in caplog.records if r.getMessage() == "sparse neighbours"]
@@ -228,4 +229,5 @@ def test_a_binding_list_budget_fits_exactly_as_the_rater_cap_it_picks(catalogue,
     uncut = fit_sparse_knn.fit(ratings, {**p, "list_budget": 0}).fields
     assert (budgeted["nb"] != capped["nb"]).nnz == 0
     np.testing.assert_array_equal(budgeted["rank_nb_idx"], capped["rank_nb_idx"])
+    np.testing.assert_array_equal(budgeted["rank_nb_w"], capped["rank_nb_w"])
     assert (budgeted["nb"] != uncut["nb"]).nnz > 0  # the budget did shorten the lists
