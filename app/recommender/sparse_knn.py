@@ -11,8 +11,9 @@ per-user neighbour lists (memory n·k, no n × n array in fit or bundle):
 * ``score(u)``: the same neighbour support as `UserKNN` (the same k-wide ``rank_nb_idx``/``rank_nb_w``).
 
 Which users are neighbours: by default each user's candidates come from movies' capped rater lists (their
-heaviest raters; ``rater_cap``, ``candidates``: cost ~ ratings, not users²), each kept pair scored with the
-exact pearson_baseline; ``rater_cap=0, candidates=0`` scores every co-rater (the exact top-k, cost ~ users²).
+heaviest raters; ``rater_cap``, shortened by ``list_budget``, and ``candidates``: cost ~ ratings, not users²),
+each kept pair scored with the exact pearson_baseline; ``rater_cap=0, candidates=0`` scores every co-rater
+(the exact top-k, cost ~ users²).
 `bench/scale.py` measures the recall of the one against the other.
 
 `Recommender.train` picks it above ``exact_max_users`` users (see `base.EXACT_MAX_USERS`). Fitting is in
@@ -47,7 +48,7 @@ class SparseUserKNN(Recommender):
         "neighbours": 200,  # stored per user for the estimate (memory n·k): the k raters used come from these
         # Candidate pairs (fit_sparse_knn._capped_neighbours): each movie lists at most `rater_cap` of its raters,
         # the heaviest (0: all of them, the exact top-k at a cost ~ users²), and per user the `candidates` most
-        # similar of the users its movies list are scored exactly (0: all). Cost ~ ratings·rater_cap. 1,000 / 300:
+        # similar of the users its movies list are scored exactly (0: all). Cost ≤ ratings·list_budget. 1,000 / 300:
         # recall 0.93 / 0.91 on a 20k world (`bench scale sweep`); at 1M with lists of 1,000 (before list_budget)
         # a 7-minute fit, recall 0.33 / 0.13 of a 2,000-user sample's exact neighbours, 76 % of their similarity
         # (`bench scale sample`).
