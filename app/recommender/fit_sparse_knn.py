@@ -105,7 +105,7 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
     `only` (sorted inner ids): the exact neighbours of those users alone, one row each, whatever ``rater_cap``
     says: what the capped path is measured against at a size where the exact fit of everyone is out of reach.
 
-    Pairs come from `_capped_neighbours` (``rater_cap`` > 0, cost ratings × ``rater_cap``) or in row blocks from
+    Pairs come from `_capped_neighbours` (``rater_cap`` > 0, cost ≤ ratings × ``list_budget``) or in row blocks from
     `_all_co_raters` (``rater_cap`` 0: exact, cost ratings × co-raters); either way each pair's statistics are
     exact, and both pick the same way (ties to the lower column). Where no rater list is cut they agree bit for
     bit; where one is, a movie added back is summed last, so a similarity may differ by a few ulp.
