@@ -49,9 +49,9 @@ class SparseUserKNN(Recommender):
         # Candidate pairs (fit_sparse_knn._capped_neighbours): each movie lists at most `rater_cap` of its raters,
         # the heaviest (0: all of them, the exact top-k at a cost ~ users²), and per user the `candidates` most
         # similar of the users its movies list are scored exactly (0: all). Cost ≤ ratings·list_budget. 1,000 / 300:
-        # recall 0.93 / 0.91 on a 20k world (`bench scale sweep`); at 1M with lists of 1,000 (before list_budget)
-        # a 7-minute fit, recall 0.33 / 0.13 of a 2,000-user sample's exact neighbours, 76 % of their similarity
-        # (`bench scale sample`).
+        # recall 0.93 / 0.91 on a 20k world (`bench scale sweep`); at 1M (lists of 537 by list_budget) a 4-minute
+        # fit, recall 0.25 / 0.09 of a 2,000-user sample's exact neighbours, 66 % of their similarity (`bench scale
+        # sample`; lists of 1,000: 7 minutes, 0.33 / 0.13, 76 %).
         "rater_cap": 1_000,
         "candidates": 300,
         # Lists shorter than rater_cap where their pass would visit more than this many entries a rating
