@@ -99,10 +99,9 @@ def train_one(n_users: int, out: str) -> dict[str, float]:
     model = Recommender.train(ratings, algorithm=ALGORITHM)
     train_s = time.perf_counter() - started
     path = model.save(out)
-    from app.recommender.fit_sparse_knn import budgeted_cap
+    from app.recommender.fit_sparse_knn import list_length
 
-    p = model.params
-    lists = budgeted_cap(ratings.groupby("movie_id").size().to_numpy(), int(p["rater_cap"]), float(p["list_budget"]))
+    lists = list_length(ratings.groupby("movie_id").size().to_numpy(), model.params)
     return {"ratings": len(ratings), "users": len(model.user_ids), "gen_s": gen_s, "train_s": train_s,
             "rss_mb": _peak_mb(), "bundle_mb": sum(f.stat().st_size for f in path.iterdir()) / 1e6,
             "list_length": lists}
@@ -292,10 +291,9 @@ def sample_recall(n_users: int, sample: int = SAMPLE_USERS,
         approx = {"nb": got.fields["nb"][users], "rank_nb_idx": got.fields["rank_nb_idx"][users],
                   "rank_nb_w": got.fields["rank_nb_w"][users]}
         q = {**p, **knobs}
-        lists = fit_sparse_knn.budgeted_cap(np.diff(got.fields["item_raters"].indptr), int(q["rater_cap"]),
-                                            float(q["list_budget"]))
-        rows.append({"users": n_users, "sample": len(users), "rater_cap": int(q["rater_cap"]), "list_length": lists,
-                     "candidates": int({**p, **knobs}["candidates"]), "fit_s": seconds, "exact_sample_s": exact_s,
+        rows.append({"users": n_users, "sample": len(users), "rater_cap": int(q["rater_cap"]),
+                     "list_length": fit_sparse_knn.list_length(np.diff(got.fields["item_raters"].indptr), q),
+                     "candidates": int(q["candidates"]), "fit_s": seconds, "exact_sample_s": exact_s,
                      **neighbour_recall(exact, approx), "sim_captured": sim_captured(exact["nb"], approx["nb"]),
                      "peak_mb": _peak_mb()})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

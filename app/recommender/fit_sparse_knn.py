@@ -122,8 +122,7 @@ def neighbours(user_items: sparse.csr_matrix, gm: float, bu: np.ndarray, bi: np.
     norms = np.sqrt(counts)
     norms[norms == 0] = 1.0
     if int(p["rater_cap"]) > 0 and only is None:
-        cap = budgeted_cap(np.bincount(binary.indices, minlength=binary.shape[1]), int(p["rater_cap"]),
-                           float(p["list_budget"]))
+        cap = list_length(np.bincount(binary.indices, minlength=binary.shape[1]), p)
         nb, rank_idx, rank_w, n_pairs = _capped_neighbours(binary, resid, norms, cap, int(p["candidates"]),
                                                            shrinkage, k_est, k_rank)
         log.info("sparse neighbours", extra={"users": n, "stored": nb.nnz, "rater_cap": int(p["rater_cap"]),
@@ -193,6 +192,11 @@ def _row_blocks(pairs_per_row: np.ndarray, budget: float) -> list[int]:
         stop = max(int(np.searchsorted(ends, before + budget, side="right")), bounds[-1] + 1)
         bounds.append(stop)
     return bounds
+
+
+def list_length(raters: np.ndarray, p: dict[str, Any]) -> int:
+    """The rater lists' length a fit with params `p` uses, given each movie's number of `raters`."""
+    return budgeted_cap(raters, int(p["rater_cap"]), float(p["list_budget"]))
 
 
 def budgeted_cap(raters: np.ndarray, cap: int, budget: float) -> int:
